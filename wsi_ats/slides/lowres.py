@@ -1,0 +1,90 @@
+"""Low-resolution view of a slide: the pyramid level nearest a target, or one computed by streaming.
+
+When the nearest level is much larger than the target (a slide may have no pyramid at all), that level is
+read tile by tile and each tile is area-averaged by an integer factor, so memory stays bounded by one tile.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import Slide
+
+STREAM_TILE = 2048  # pixels of the source level per streamed tile side (rounded to the factor)
+
+
+@dataclass(frozen=True)
+class LowResView:
+    """``image`` ``uint8[h, w, 3]``; ``scale`` ``(sy, sx)`` level-0 pixels per view pixel; ``level`` the
+    pyramid level it is (``None`` when computed by streaming a finer level)."""
+
+    image: np.ndarray
+    scale: tuple[float, float]
+    level: int | None
+
+
+def low_res_view(
+    slide: Slide,
+    target_size: int = 1024,
+    target_mpp: float | None = None,
+    max_oversize: float = 2.0,
+) -> LowResView:
+    """The view whose longest side is nearest ``target_size`` pixels (or whose pixel size is nearest
+    ``target_mpp`` microns, when given and the slide knows its mpp).
+
+    The nearest pyramid level is used as is unless it is more than ``max_oversize`` times finer than
+    the target; then it is streamed and reduced by ``round(target_downsample / level_downsample)``.
+    """
+    w0, h0 = slide.dimensions
+    if target_mpp is not None and slide.mpp is not None:
+        target_ds = target_mpp / (sum(slide.mpp) / 2)
+    else:
+        if target_size <= 0:
+            raise ValueError(f"target_size must be positive, got {target_size}")
+        target_ds = max(w0, h0) / target_size
+    target_ds = max(target_ds, 1.0)
+    downsamples = slide.level_downsamples
+    level = min(range(slide.level_count), key=lambda i: abs(math.log(downsamples[i] / target_ds)))
+    factor = target_ds / downsamples[level]
+    wl, hl = slide.level_dimensions[level]
+    if factor <= max_oversize:
+        image = slide.read_region((0, 0), level, (wl, hl))
+        return LowResView(image=image, scale=(h0 / hl, w0 / wl), level=level)
+    k = max(2, round(factor))
+    image = stream_reduce(slide, level, k)
+    return LowResView(image=image, scale=(h0 / hl * k, w0 / wl * k), level=None)
+
+
+def stream_reduce(slide: Slide, level: int, factor: int) -> np.ndarray:
+    """``uint8[ceil(h/factor), ceil(w/factor), 3]``: ``level`` area-averaged by ``factor``, read in tiles
+    of about ``STREAM_TILE`` pixels (edge cells average only the pixels inside the level)."""
+    wl, hl = slide.level_dimensions[level]
+    ds = slide.level_downsamples[level]
+    step = max(factor, (STREAM_TILE // factor) * factor)
+    out = np.empty((math.ceil(hl / factor), math.ceil(wl / factor), 3), dtype=np.uint8)
+    for y in range(0, hl, step):
+        th = min(step, hl - y)
+        for x in range(0, wl, step):
+            tw = min(step, wl - x)
+            tile = slide.read_region((round(x * ds), round(y * ds)), level, (tw, th))
+            oy, ox = y // factor, x // factor
+            block = area_reduce(tile, factor)
+            out[oy : oy + block.shape[0], ox : ox + block.shape[1]] = block
+    return out
+
+
+def area_reduce(image: np.ndarray, factor: int) -> np.ndarray:
+    """``uint8[ceil(h/f), ceil(w/f), C]`` block means of ``uint8[h, w, C]`` (rounded half up; partial
+    edge blocks average their own pixels only)."""
+    h, w, c = image.shape
+    oh, ow = math.ceil(h / factor), math.ceil(w / factor)
+    padded = np.zeros((oh * factor, ow * factor, c), dtype=np.uint32)
+    padded[:h, :w] = image
+    sums = padded.reshape(oh, factor, ow, factor, c).sum(axis=(1, 3))
+    rows = np.minimum(factor, h - np.arange(oh) * factor)
+    cols = np.minimum(factor, w - np.arange(ow) * factor)
+    counts = (rows[:, None] * cols[None, :])[..., None].astype(np.uint32)
+    return ((sums + counts // 2) // counts).astype(np.uint8)

@@ -1,0 +1,57 @@
+"""``SlidePatchSource``: the core's ``PatchSource`` over a batch of open slides, read at one level."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .base import Slide
+
+
+class SlidePatchSource:
+    """High-res patches of ``slides[b]`` at pyramid ``level``; offsets are ``(y, x)`` pixels of that level.
+
+    ``scales[b] = (sy, sx)`` level-0 pixels per read-level pixel (default: the level's downsample, which
+    is how the backends map level-0 locations to the level).
+    """
+
+    def __init__(
+        self,
+        slides: Sequence[Slide],
+        level: int = 0,
+        scales: Sequence[tuple[float, float]] | None = None,
+    ) -> None:
+        self.slides = list(slides)
+        self.level = level
+        if scales is None:
+            scales = [_level_scale(s, level) for s in self.slides]
+        if len(scales) != len(self.slides):
+            raise ValueError(f"{len(scales)} scales for {len(self.slides)} slides")
+        self.scales = [(float(sy), float(sx)) for sy, sx in scales]
+
+    def high_size(self, batch_index: int) -> tuple[int, int]:
+        """``(H, W)`` of the read level of slide ``batch_index``."""
+        w, h = self.slides[batch_index].level_dimensions[self.level]
+        return (h, w)
+
+    def read_patches(
+        self, batch_index: int, offsets: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """``float32[n, 3, h, w]`` in ``[0, 1]`` (white outside the slide) for ``offsets``
+        ``LongTensor[n, 2]`` top-left ``(y, x)`` in read-level pixels and ``size=(h, w)``."""
+        h, w = int(size[0]), int(size[1])
+        sy, sx = self.scales[batch_index]
+        yx = offsets.detach().to("cpu", torch.float64).numpy().reshape(-1, 2)
+        locations = np.stack([np.round(yx[:, 1] * sx), np.round(yx[:, 0] * sy)], axis=1).astype(
+            np.int64
+        )
+        tiles = self.slides[batch_index].read_regions(locations, self.level, (w, h))
+        patches = torch.from_numpy(tiles).permute(0, 3, 1, 2).float().div_(255.0)
+        return patches.to(offsets.device)
+
+
+def _level_scale(slide: Slide, level: int) -> tuple[float, float]:
+    ds = float(slide.level_downsamples[level])
+    return (ds, ds)
