@@ -1,0 +1,108 @@
+"""The functions the cohort graph runs on workers: thin wrappers over ``inference.stages``.
+
+Each is a pure function of its inputs (the slide's path, the model reference, the run seed), so
+that a task lost with a killed worker can be recomputed anywhere. The model reaches a task either as
+a :class:`ModelRef` (a checkpoint path, loaded once per worker process and cached) or as a future of
+a model scattered to every worker with ``broadcast=True``; it is never pickled per task.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsi_ats.inference import stages
+from wsi_ats.inference.outputs import write_slide_outputs
+from wsi_ats.pipeline.state import clear_error
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A checkpoint on a filesystem the workers share; ``stamp`` (mtime_ns, size) busts the cache."""
+
+    path: str
+    stamp: tuple[int, int]
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> ModelRef:
+        p = Path(path)
+        if p.is_dir():
+            p = p / "model.pt"
+        st = p.stat()
+        return cls(str(p.resolve()), (st.st_mtime_ns, st.st_size))
+
+
+def _worker_threads() -> int:
+    """Task threads of the dask worker running this code (1 outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return max(1, get_worker().state.nthreads)
+    except ValueError:  # not in a worker
+        return max(1, torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(path: str, stamp: tuple[int, int]) -> torch.nn.Module:
+    from wsi_ats.models import load_model
+
+    torch.set_num_threads(_worker_threads())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_model(path, map_location=device).eval()
+
+
+def resolve_model(model: Any) -> Any:
+    """The model object for a task: loads (once per process) a :class:`ModelRef`, passes others."""
+    if isinstance(model, ModelRef):
+        return _load_cached(model.path, model.stamp)
+    return model
+
+
+def view_task(path: str, slide_id: str, model: Any) -> Any:
+    """Open the slide, compute its low-res view and tissue mask, close it -> ``SlideView``."""
+    m = resolve_model(model)
+    return stages.view_slide(path, m.config, slide_id=slide_id)
+
+
+def sample_task(view: Any, model: Any, n_draws: int, seed: int) -> Any:
+    """Attention map and ``n_draws`` draws of N cells -> ``SlideSample``.
+
+    ``seed`` is the run seed; ``sample_slide`` seeds the draws from ``(seed, slide_id)``.
+    """
+    return stages.sample_slide(view, resolve_model(model), n_draws, seed)
+
+
+def read_task(sample: Any) -> np.ndarray:
+    """The sampled tiles, uint8 ``[T*N, h, w, 3]`` at the sample's read level."""
+    return stages.read_slide_tiles(sample)
+
+
+def features_task(model: Any, batch_size: int, *tiles: np.ndarray) -> list[np.ndarray]:
+    """Features of the tiles of several slides in shared batches -> one float32 ``[M_i, D]`` each."""
+    m = resolve_model(model)
+    counts = [len(t) for t in tiles]
+    feats = stages.tile_features(m, np.concatenate(tiles, axis=0), batch_size=batch_size)
+    feats = np.asarray(feats)
+    return np.split(feats, np.cumsum(counts)[:-1], axis=0)
+
+
+def finish_task(
+    model: Any, view: Any, sample: Any, features: list[np.ndarray], index: int, out: str
+) -> dict[str, Any]:
+    """Aggregate, predict and write the slide's outputs atomically; returns a small summary."""
+    pred = stages.aggregate_slide(resolve_model(model), sample, features[index])
+    write_slide_outputs(pred, view, out)
+    clear_error(out, pred.slide_id)
+    return {
+        "slide_id": pred.slide_id,
+        "probability": float(pred.probability),
+        "std": float(pred.std),
+        "n_tiles": int(len(features[index])),
+        "pid": os.getpid(),
+    }
