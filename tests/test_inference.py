@@ -1,0 +1,140 @@
+"""Inference stages, predict_slide, per-slide outputs and heatmaps on small pyramidal TIFFs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from slide_factory import write_pyramidal_tiff
+
+from wsi_ats.inference import (
+    aggregate_slide,
+    predict_slide,
+    read_slide_tiles,
+    sample_slide,
+    slide_seed,
+    tile_features,
+    view_slide,
+    write_slide_outputs,
+)
+from wsi_ats.inference.stages import cells_to_locations
+from wsi_ats.models import PipelineConfig, build_model, save_checkpoint
+from wsi_ats.slides import SlideError, open_slide
+
+CFG = PipelineConfig().replace(
+    slide={"lowres_size": 128, "patch_size": 32},
+    sampling={"n_patches": 8},
+    predict={"n_draws": 3},
+)
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1024 x 1024 slide (3 levels): white glass, a pink tissue block, a dark spot."""
+    img = np.full((1024, 1024, 3), 255, np.uint8)
+    img[160:860, 100:900] = (225, 150, 200)
+    img[400:460, 400:460] = (110, 40, 120)
+    return write_pyramidal_tiff(tmp_path_factory.mktemp("slides") / "s 1.tiff", img, levels=4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(CFG, seed=0).eval()
+
+
+def test_stages_chain_equals_predict_slide(slide_path: Path, model) -> None:
+    view = view_slide(slide_path, CFG, "s1")
+    assert view.image.shape[:2] == view.mask.shape and view.mask.any() and not view.mask.all()
+    smp = sample_slide(view, model, n_draws=3, seed=7)
+    assert smp.indices.shape == (3, 8) and smp.locations.shape == (3, 8, 2)
+    tiles = read_slide_tiles(smp)
+    assert tiles.shape == (24, 32, 32, 3) and tiles.dtype == np.uint8
+    feats = tile_features(model, tiles, batch_size=5)
+    assert feats.shape == (24, CFG.features.dim)
+    pred = aggregate_slide(model, smp, feats)
+    direct = predict_slide(slide_path, model, n_draws=3, seed=7, slide_id="s1")
+    assert direct.probability == pytest.approx(pred.probability, abs=1e-6)
+    np.testing.assert_array_equal(direct.locations, pred.locations)
+    assert 0.0 <= pred.probability <= 1.0 and pred.prediction == int(pred.probability >= 0.5)
+    assert pred.std == pytest.approx(float(np.std(pred.draw_probabilities)), abs=1e-7)
+    assert pred.n_draws == 3 and pred.n_patches == 8 and 1 <= pred.n_tiles_read <= 24
+
+
+def test_samples_lie_on_tissue_and_tiles_match_reads(slide_path: Path, model) -> None:
+    view = view_slide(slide_path, CFG, "s1")
+    smp = sample_slide(view, model, n_draws=4, seed=0)
+    mh, mw = smp.attention.shape
+    assert smp.attention[np.unravel_index(smp.indices.ravel(), (mh, mw))].min() > 0
+    w, h = smp.tile_size_level0
+    centres = smp.locations.reshape(-1, 2) + np.array([w // 2, h // 2])
+    sy, sx = view.scale
+    rows = np.clip((centres[:, 1] / sy).astype(int), 0, view.mask.shape[0] - 1)
+    cols = np.clip((centres[:, 0] / sx).astype(int), 0, view.mask.shape[1] - 1)
+    assert view.mask[rows, cols].mean() > 0.9
+    tiles = read_slide_tiles(smp)
+    with open_slide(slide_path) as slide:
+        x, y = smp.locations[1, 2]
+        np.testing.assert_array_equal(tiles[10], slide.read_region((int(x), int(y)), 0, (32, 32)))
+
+
+def test_draws_depend_only_on_seed_and_slide_id(slide_path: Path, model) -> None:
+    a = predict_slide(slide_path, model, seed=3, slide_id="x")
+    b = predict_slide(slide_path, model, seed=3, slide_id="x")
+    c = predict_slide(slide_path, model, seed=4, slide_id="x")
+    np.testing.assert_array_equal(a.locations, b.locations)
+    assert a.probability == b.probability
+    assert not np.array_equal(a.locations, c.locations)
+    assert slide_seed(3, "x") == slide_seed(3, "x") != slide_seed(3, "y")
+
+
+def test_open_slide_object_and_model_path(slide_path: Path, model, tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "run" / "model.pt", model, epoch=0)
+    with open_slide(slide_path) as slide:
+        pred = predict_slide(slide, tmp_path / "run" / "model.pt", seed=1, slide_id="s1")
+    ref = predict_slide(slide_path, model, seed=1, slide_id="s1")
+    assert pred.probability == pytest.approx(ref.probability, abs=1e-6)
+
+
+def test_cell_mapping_centres_tiles_on_cells(slide_path: Path) -> None:
+    view = view_slide(slide_path, CFG, "s1")
+    mh, mw = 64, 64  # map_stride 2 on a 128-px view
+    idx = torch.tensor([[0, mw - 1, 10 * mw + 20]])
+    loc = cells_to_locations(idx, (mh, mw), view, CFG)[0]
+    cell = 1024 / 64  # level-0 px per cell
+    p = CFG.slide.patch_size
+    expected = np.array([[cell / 2 - p / 2, cell / 2 - p / 2],
+                         [(mw - 0.5) * cell - p / 2, cell / 2 - p / 2],
+                         [20.5 * cell - p / 2, 10.5 * cell - p / 2]])  # fmt: skip
+    np.testing.assert_allclose(loc, expected, atol=1)
+
+
+def test_missing_read_level_is_a_slide_error(slide_path: Path) -> None:
+    with pytest.raises(SlideError, match="read_level 9"):
+        view_slide(slide_path, CFG.replace(slide={"read_level": 9}), "s1")
+
+
+def test_write_slide_outputs(slide_path: Path, model, tmp_path: Path) -> None:
+    pred, view = predict_slide(slide_path, model, slide_id="../evil/id", return_view=True)
+    folder = write_slide_outputs(pred, view, tmp_path / "out")
+    assert folder.parent == (tmp_path / "out" / "slides").resolve()
+    assert ".." not in folder.name and "/" not in folder.name
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["attention.npy", "coords.csv", "heatmap.png", "prediction.json"]
+    record = json.loads((folder / "prediction.json").read_text())
+    assert record["slide_id"] == "../evil/id"
+    assert record["probability"] == pytest.approx(pred.probability)
+    assert {"prediction", "std", "n_patches", "n_draws", "draw_probabilities"} <= set(record)
+    np.testing.assert_array_equal(np.load(folder / "attention.npy"), pred.attention)
+    with (folder / "coords.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["draw", "rank", "x", "y", "w", "h"]
+    assert len(rows) == pred.n_draws * pred.n_patches
+    assert int(rows[0]["x"]) == pred.locations[0, 0, 0] and int(rows[0]["w"]) == 32
+    img = Image.open(folder / "heatmap.png")
+    assert img.format == "PNG" and max(img.size) == 1024
+    assert not list(folder.glob(".*.tmp"))

@@ -1,0 +1,157 @@
+"""Models: config parsing/validation, shapes, masking, checkpoints (incl. incompatible configs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from wsi_ats.models import (
+    CheckpointError,
+    ConfigError,
+    PipelineConfig,
+    SlideClassifier,
+    build_model,
+    load_model,
+    masked_attention,
+    save_checkpoint,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["default.toml", "demo.toml", "baselines.toml"])
+def test_shipped_pipelines_parse(name: str) -> None:
+    cfg = PipelineConfig.from_toml(ROOT / "pipelines" / name)
+    assert cfg.sampling.n_patches >= 1
+    if name == "default.toml":
+        assert cfg == PipelineConfig()
+
+
+def test_every_field_is_documented_in_default_toml() -> None:
+    text = (ROOT / "pipelines" / "default.toml").read_text()
+    for section, values in PipelineConfig().to_dict().items():
+        assert f"[{section}]" in text
+        for key in values:
+            line = next(ln for ln in text.splitlines() if ln.startswith(f"{key} "))
+            assert "#" in line, f"{section}.{key} has no comment"
+
+
+def test_config_errors_name_file_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sampling]\nn_patchs = 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml.*n_patchs"):
+        PipelineConfig.from_toml(bad)
+    bad.write_text("[sampling]\nn_patches = 'many'\n")
+    with pytest.raises(ConfigError, match=r"sampling\.n_patches must be an integer"):
+        PipelineConfig.from_toml(bad)
+    bad.write_text("[attention]\nmap_stride = 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml.*map_stride"):
+        PipelineConfig.from_toml(bad)
+    bad.write_text("[nonsense]\n")
+    with pytest.raises(ConfigError, match="unknown section"):
+        PipelineConfig.from_toml(bad)
+
+
+def test_config_round_trip_and_replace() -> None:
+    cfg = PipelineConfig().replace(train={"epochs": 3}, sampling={"n_patches": 5})
+    assert cfg.train.epochs == 3 and cfg.sampling.n_patches == 5
+    assert PipelineConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4, 8])
+def test_attention_map_shape_and_mask(stride: int) -> None:
+    cfg = PipelineConfig().replace(attention={"map_stride": stride})
+    model = build_model(cfg, seed=0)
+    view = torch.rand(2, 3, 40, 56)
+    mask = torch.zeros(2, 40, 56, dtype=torch.bool)
+    mask[0, 8:24, 16:40] = True  # item 1 has no tissue: falls back to every cell
+    a = model.attention(view, mask)
+    assert a.shape == (2, -(-40 // stride), -(-56 // stride))
+    torch.testing.assert_close(a.sum(dim=(1, 2)), torch.ones(2))
+    cell = torch.nn.functional.adaptive_max_pool2d(mask[:1].float()[:, None], a.shape[1:])[0, 0]
+    assert float(a[0][cell == 0].sum().detach()) == 0.0
+    assert bool((a[0][cell > 0] > 0).all())
+    assert bool((a[1] > 0).all())
+
+
+def test_masked_attention_gradient_is_finite() -> None:
+    logits = torch.randn(1, 1, 6, 6, requires_grad=True)
+    mask = torch.zeros(1, 6, 6, dtype=torch.bool)
+    mask[0, :2] = True
+    a = masked_attention(logits, mask)
+    (a * torch.arange(36.0).view(1, 6, 6)).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert float(logits.grad[0, 0, 3:].abs().sum()) == 0.0
+
+
+def test_feature_and_head_shapes() -> None:
+    model = build_model(PipelineConfig(), seed=0)
+    f = model.features(torch.rand(5, 3, 64, 64))
+    assert f.shape == (5, model.config.features.dim)
+    assert model.classify(f).shape == (5,)
+
+
+def test_pluggable_feature_net() -> None:
+    cfg = PipelineConfig().replace(features={"dim": 8})
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(8))
+    model = SlideClassifier(cfg, feature_net=net)
+    assert model.features(torch.rand(3, 3, 16, 16)).shape == (3, 8)
+
+
+def test_timm_backbone_needs_the_extra() -> None:
+    cfg = PipelineConfig().replace(features={"backbone": "timm:resnet18"})
+    try:
+        import timm  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(ImportError, match=r"wsi-ats\[timm\]"):
+            build_model(cfg)
+    else:  # pragma: no cover - only where timm is installed
+        assert build_model(cfg).features(torch.rand(2, 3, 64, 64)).shape == (2, cfg.features.dim)
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    cfg = PipelineConfig().replace(features={"dim": 12}, head={"hidden": 7})
+    model = build_model(cfg, seed=1)
+    path = save_checkpoint(tmp_path / "run" / "model.pt", model, epoch=4, val_auc=0.5)
+    assert (tmp_path / "run" / "config.json").exists()
+    loaded = load_model(tmp_path / "run")
+    assert loaded.config == cfg and not loaded.training
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(loaded.features(x), model.eval().features(x))
+    raw = torch.load(path, weights_only=True)
+    assert raw["epoch"] == 4 and raw["config"] == cfg.to_dict()
+
+
+def test_incompatible_config_is_rejected_with_fields(tmp_path: Path) -> None:
+    model = build_model(PipelineConfig(), seed=0)
+    path = save_checkpoint(tmp_path / "model.pt", model, epoch=0)
+    other = PipelineConfig().replace(features={"dim": 64}, attention={"width": 8})
+    with pytest.raises(CheckpointError) as err:
+        load_model(path, other)
+    msg = str(err.value)
+    assert str(path) in msg and "features.dim" in msg and "attention.width" in msg
+    assert isinstance(err.value, ValueError)
+
+
+def test_weights_not_fitting_config_are_rejected(tmp_path: Path) -> None:
+    model = build_model(PipelineConfig(), seed=0)
+    path = save_checkpoint(tmp_path / "model.pt", model, epoch=0)
+    raw = torch.load(path, weights_only=True)
+    raw["config"]["features"]["dim"] = 48  # config says 48, weights say 32
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"model\.pt.*shape mismatch.*proj"):
+        load_model(path)
+
+
+def test_non_checkpoints_are_rejected(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_model(junk)
+    torch.save({"weights": torch.zeros(1)}, junk)
+    with pytest.raises(CheckpointError, match="not a wsi-ats checkpoint"):
+        load_model(junk)
+    with pytest.raises(CheckpointError, match="no such"):
+        load_model(tmp_path / "missing.pt")

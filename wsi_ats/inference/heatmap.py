@@ -1,0 +1,82 @@
+"""Heatmaps: the attention map over the slide's thumbnail, sampled tiles outlined (PIL, PNG)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# a perceptually ordered ramp (dark blue -> magenta -> orange -> yellow), anchors in [0, 1]
+_RAMP = np.array(
+    [[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]], dtype=np.float32
+)
+
+
+def colorize(values: np.ndarray) -> np.ndarray:
+    """``uint8[..., 3]`` colours of ``values`` in ``[0, 1]`` along a plasma-like ramp."""
+    v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0) * (len(_RAMP) - 1)
+    lo = np.floor(v).astype(int).clip(0, len(_RAMP) - 2)
+    t = (v - lo)[..., None]
+    return (_RAMP[lo] * (1 - t) + _RAMP[lo + 1] * t).round().astype(np.uint8)
+
+
+def render_heatmap(
+    image: np.ndarray,
+    attention: np.ndarray,
+    locations: np.ndarray | None = None,
+    tile_size_level0: tuple[int, int] = (0, 0),
+    scale: tuple[float, float] = (1.0, 1.0),
+    max_side: int = 1024,
+    alpha: float = 0.6,
+) -> Image.Image:
+    """Thumbnail ``uint8[h, w, 3]`` blended with ``attention`` ``[mh, mw]`` (scaled to its max),
+    with the tiles at level-0 ``locations`` ``[..., 2]`` (x, y) outlined; ``scale`` = (sy, sx)
+    level-0 pixels per thumbnail pixel. The result is enlarged so its longest side is ``max_side``.
+    """
+    h, w = image.shape[:2]
+    zoom = max(1.0, max_side / max(h, w))
+    out_size = (max(1, round(w * zoom)), max(1, round(h * zoom)))
+    att = np.asarray(attention, dtype=np.float32)
+    peak = float(att.max()) if att.size else 0.0
+    norm = att / peak if peak > 0 else att
+    heat = Image.fromarray(colorize(norm)).resize(out_size, Image.Resampling.NEAREST)
+    weight = Image.fromarray((np.sqrt(norm) * 255 * alpha).astype(np.uint8)).resize(
+        out_size, Image.Resampling.NEAREST
+    )
+    base = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize(
+        out_size, Image.Resampling.BILINEAR
+    )
+    canvas = Image.composite(heat, base, weight)
+    if locations is not None and np.size(locations):
+        draw = ImageDraw.Draw(canvas)
+        sy, sx = scale
+        tw, th = tile_size_level0
+        for x, y in np.unique(np.asarray(locations).reshape(-1, 2), axis=0):
+            x0, y0 = x / sx * zoom, y / sy * zoom
+            x1, y1 = (x + tw) / sx * zoom, (y + th) / sy * zoom
+            draw.rectangle([x0, y0, max(x0 + 2, x1), max(y0 + 2, y1)], outline=(0, 255, 0), width=1)
+    return canvas
+
+
+def save_png(img: Image.Image, path: str | Path) -> Path:
+    """Write ``img`` as PNG atomically (temporary file, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def heatmap_of(prediction, view, max_side: int = 1024) -> Image.Image:  # noqa: ANN001
+    """The heatmap of a :class:`SlidePrediction` over its :class:`SlideView`'s thumbnail."""
+    return render_heatmap(
+        view.image,
+        prediction.attention,
+        prediction.locations,
+        prediction.tile_size_level0,
+        view.scale,
+        max_side=max_side,
+    )

@@ -1,0 +1,87 @@
+"""Per-slide output files, written atomically; ``prediction.json`` last marks a slide finished.
+
+Layout under ``out_dir/slides/<safe id>/`` (see :func:`wsi_ats.pipeline.paths.slide_dir`):
+``attention.npy`` (float32 ``[mh, mw]``), ``coords.csv`` (one row per sampled tile: ``draw, rank, x,
+y, w, h`` in level-0 pixels), ``heatmap.png`` and ``prediction.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_ats.inference.heatmap import heatmap_of, save_png
+from wsi_ats.inference.stages import SlidePrediction, SlideView
+from wsi_ats.pipeline.paths import slide_dir
+
+PREDICTION_FILE = "prediction.json"
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def prediction_record(prediction: SlidePrediction) -> dict[str, Any]:
+    """The JSON-able summary of a prediction (what ``prediction.json`` holds)."""
+    return {
+        "slide_id": prediction.slide_id,
+        "probability": float(prediction.probability),
+        "prediction": int(prediction.prediction),
+        "std": float(prediction.std),
+        "n_patches": int(prediction.n_patches),
+        "n_draws": int(prediction.n_draws),
+        "n_tiles_read": int(prediction.n_tiles_read),
+        "draw_probabilities": [float(p) for p in prediction.draw_probabilities],
+        "tile_size_level0": [int(v) for v in prediction.tile_size_level0],
+        "scale": [float(v) for v in prediction.scale],
+        **{k: v for k, v in prediction.extra.items() if isinstance(v, (str, int, float, bool))},
+    }
+
+
+def coords_csv(prediction: SlidePrediction) -> str:
+    """``draw,rank,x,y,w,h`` rows (level-0 pixels) of every sampled tile."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["draw", "rank", "x", "y", "w", "h"])
+    w, h = prediction.tile_size_level0
+    for t, draw in enumerate(np.asarray(prediction.locations)):
+        for i, (x, y) in enumerate(draw):
+            writer.writerow([t, i, int(x), int(y), w, h])
+    return buf.getvalue()
+
+
+def write_slide_outputs(
+    prediction: SlidePrediction, view: SlideView, out_dir: str | Path, heatmap: bool = True
+) -> Path:
+    """Write a slide's outputs under ``out_dir/slides/<sanitised id>/``; returns that folder.
+
+    Every file goes through a temporary file and ``os.replace``; ``prediction.json`` is written last,
+    so its presence means the slide is finished.
+    """
+    folder = slide_dir(out_dir, prediction.slide_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(prediction.attention, dtype=np.float32))
+    _atomic_bytes(folder / "attention.npy", buf.getvalue())
+    _atomic_bytes(folder / "coords.csv", coords_csv(prediction).encode())
+    if heatmap:
+        save_png(heatmap_of(prediction, view), folder / "heatmap.png")
+    record = json.dumps(prediction_record(prediction), indent=2) + "\n"
+    _atomic_bytes(folder / PREDICTION_FILE, record.encode())
+    return folder
+
+
+def read_slide_prediction(folder: str | Path) -> dict[str, Any] | None:
+    """The ``prediction.json`` record of a finished slide folder, or ``None`` when not finished."""
+    path = Path(folder) / PREDICTION_FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())

@@ -1,0 +1,55 @@
+"""``predict_slide``: one slide, end to end (view -> sample -> read -> features -> aggregate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wsi_ats.inference.stages import (
+    SlidePrediction,
+    SlideView,
+    aggregate_slide,
+    read_slide_tiles,
+    sample_slide,
+    tile_features,
+    view_of,
+    view_slide,
+)
+from wsi_ats.models import SlideClassifier, load_model
+from wsi_ats.slides import Slide
+
+
+def predict_slide(
+    slide_or_path: Slide | str | Path,
+    model: SlideClassifier | str | Path,
+    n_draws: int | None = None,
+    seed: int | None = None,
+    slide_id: str | None = None,
+    return_view: bool = False,
+) -> SlidePrediction | tuple[SlidePrediction, SlideView]:
+    """Predict one slide by attention sampling.
+
+    Args:
+        slide_or_path: an open :class:`~wsi_ats.slides.Slide` (left open) or a path/URL.
+        model: a :class:`~wsi_ats.models.SlideClassifier` or the path of a ``model.pt``/run folder.
+        n_draws: independent draws of ``N`` tiles (default ``config.predict.n_draws``); the
+            probability is their mean and ``std`` their spread.
+        seed: run seed (default ``config.predict.seed``); the draws depend on ``(seed, slide_id)``
+            only, so the result is reproducible and independent of batching or order.
+        slide_id: id used for seeding and outputs (default: the file name without extension).
+        return_view: also return the :class:`SlideView` (for heatmaps and outputs).
+
+    Only ``n_draws * N`` tiles (fewer when draws repeat) are read from the slide's high-res level.
+    """
+    if not isinstance(model, SlideClassifier):
+        model = load_model(model)
+    if isinstance(slide_or_path, Slide):
+        slide = slide_or_path
+        view = view_of(slide, model.config, slide_id or Path(str(slide.path)).stem)
+        smp = sample_slide(view, model, n_draws, seed)
+        tiles = read_slide_tiles(smp, slide=slide)
+    else:
+        view = view_slide(slide_or_path, model.config, slide_id)
+        smp = sample_slide(view, model, n_draws, seed)
+        tiles = read_slide_tiles(smp)
+    pred = aggregate_slide(model, smp, tile_features(model, tiles))
+    return (pred, view) if return_view else pred

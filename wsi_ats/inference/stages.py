@@ -1,0 +1,299 @@
+"""Inference stages shared by :func:`predict_slide` and the Dask cohort pipeline.
+
+Each stage is a plain function of plain, picklable data (dataclasses of numpy arrays), so the
+pipeline can run them as separate tasks and :func:`~wsi_ats.inference.predict.predict_slide` simply
+chains them::
+
+    view = view_slide(path, config, slide_id)          # open, low-res view, tissue mask, close
+    smp = sample_slide(view, model, n_draws, seed)     # attention map + T draws of N cells
+    tiles = read_slide_tiles(smp)                      # the T*N tiles (uint8), nothing else
+    feats = tile_features(model, tiles)                # [T*N, D]
+    pred = aggregate_slide(model, smp, feats)          # mean and std over the T draws
+
+Coordinates: ``locations`` are level-0 ``(x, y)`` top-left corners (OpenSlide order); tiles are
+``tile_size = (w, h)`` pixels of ``read_level``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsi_ats.core import cell_offsets, expectation, sample
+from wsi_ats.models import PipelineConfig, SlideClassifier
+from wsi_ats.slides import Slide, SlideReadError, open_slide
+from wsi_ats.slides import low_res_view as _low_res_view
+from wsi_ats.slides import tissue_mask as _tissue_mask
+
+
+@dataclass
+class SlideView:
+    """What the attention network sees of one slide, plus the geometry to map cells to tiles."""
+
+    slide_id: str
+    path: str
+    image: np.ndarray  # uint8[h, w, 3] low-res view
+    mask: np.ndarray  # bool[h, w] tissue, aligned with ``image``
+    scale: tuple[float, float]  # (sy, sx) level-0 pixels per low-res pixel
+    level0_size: tuple[int, int]  # (H, W) of level 0
+    read_level: int  # pyramid level tiles are read at
+    read_downsample: float  # level-0 pixels per pixel of ``read_level``
+    mpp: tuple[float, float] | None = None  # microns per level-0 pixel (x, y)
+
+    @property
+    def read_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the read level, in its pixels."""
+        h0, w0 = self.level0_size
+        return round(h0 / self.read_downsample), round(w0 / self.read_downsample)
+
+
+@dataclass
+class SlideSample:
+    """The attention map of one slide and ``T`` independent draws of ``N`` cells from it."""
+
+    slide_id: str
+    path: str
+    attention: np.ndarray  # float32[mh, mw], sums to 1, 0 off tissue
+    indices: np.ndarray  # int64[T, N] into the flattened map, in sampling order
+    sampled_attention: np.ndarray  # float32[T, N]
+    locations: np.ndarray  # int64[T, N, 2] level-0 (x, y) top-left of each tile
+    tile_size: tuple[int, int]  # (w, h) pixels of ``read_level``
+    read_level: int
+    replace: bool = False  # how the cells were drawn (the estimator depends on it)
+    read_downsample: float = 1.0  # level-0 pixels per pixel of ``read_level``
+    scale: tuple[float, float] = (1.0, 1.0)  # (sy, sx) level-0 pixels per low-res pixel
+
+    @property
+    def tile_size_level0(self) -> tuple[int, int]:
+        w, h = self.tile_size
+        return round(w * self.read_downsample), round(h * self.read_downsample)
+
+
+@dataclass
+class SlidePrediction:
+    """A slide-level prediction: mean over ``n_draws`` draws of ``n_patches`` tiles, and its spread."""
+
+    slide_id: str
+    probability: float  # mean over draws of the positive-class probability
+    prediction: int  # probability >= threshold
+    std: float  # standard deviation of the per-draw probabilities (0 when n_draws == 1)
+    n_patches: int  # N tiles per draw
+    n_draws: int  # T
+    draw_probabilities: np.ndarray  # float32[T]
+    attention: np.ndarray  # float32[mh, mw]
+    locations: np.ndarray  # int64[T, N, 2] level-0 (x, y)
+    tile_size_level0: tuple[int, int]  # (w, h) level-0 pixels covered by a tile
+    scale: tuple[float, float]  # (sy, sx) level-0 pixels per low-res pixel
+    n_tiles_read: int = 0  # distinct tiles read from the slide (<= T * N)
+    extra: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------
+def slide_seed(seed: int, slide_id: str) -> int:
+    """A stable 63-bit seed from ``(run seed, slide_id)`` (sha256; independent of order/worker)."""
+    digest = hashlib.sha256(f"{int(seed)}\x00{slide_id}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def view_of(slide: Slide, config: PipelineConfig, slide_id: str | None = None) -> SlideView:
+    """:class:`SlideView` of an open ``slide`` (the slide stays open)."""
+    path = str(getattr(slide, "path", ""))
+    level = config.slide.read_level
+    if level >= slide.level_count:
+        raise SlideReadError(
+            path, f"read_level {level} requested but the slide has {slide.level_count} level(s)"
+        )
+    lr = _low_res_view(slide, target_size=config.slide.lowres_size)
+    image = np.ascontiguousarray(lr.image, dtype=np.uint8)
+    w0, h0 = slide.dimensions
+    return SlideView(
+        slide_id=slide_id if slide_id is not None else Path(path).stem,
+        path=path,
+        image=image,
+        mask=np.asarray(_tissue_mask(image), dtype=bool),
+        scale=(float(lr.scale[0]), float(lr.scale[1])),
+        level0_size=(int(h0), int(w0)),
+        read_level=level,
+        read_downsample=float(slide.level_downsamples[level]),
+        mpp=None if slide.mpp is None else (float(slide.mpp[0]), float(slide.mpp[1])),
+    )
+
+
+def view_slide(path: str | Path, config: PipelineConfig, slide_id: str | None = None) -> SlideView:
+    """Open the slide at ``path``, compute its low-res view and tissue mask, close it."""
+    with open_slide(path) as slide:
+        return view_of(slide, config, slide_id if slide_id is not None else Path(path).stem)
+
+
+def view_tensors(view: SlideView, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The view as float ``[1, 3, h, w]`` in ``[0, 1]`` and the mask as bool ``[1, h, w]``."""
+    x = torch.from_numpy(view.image).to(device).permute(2, 0, 1)[None].float().div_(255.0)
+    m = torch.from_numpy(view.mask).to(device)[None]
+    return x, m
+
+
+def cells_to_locations(
+    indices: torch.Tensor, map_size: tuple[int, int], view: SlideView, config: PipelineConfig
+) -> np.ndarray:
+    """Level-0 ``(x, y)`` top-left ``int64[..., n, 2]`` of the tiles centred on cells ``indices``."""
+    flat = indices.reshape(-1, indices.shape[-1])
+    p = config.slide.patch_size
+    offsets = cell_offsets(
+        flat.cpu(),
+        map_size,
+        view.image.shape[:2],
+        view.read_size,
+        p,
+        config.sampling.receptive_field,
+    )  # [B, n, 2] (y, x) at read level
+    xy = offsets.flip(-1).double() * view.read_downsample
+    return torch.round(xy).long().numpy().reshape(*indices.shape, 2)
+
+
+def effective_replace(attention: torch.Tensor, n: int, replace: bool) -> bool:
+    """``replace``, or ``True`` when fewer than ``n`` cells have nonzero attention (tiny tissue)."""
+    return replace or int((attention.reshape(attention.shape[0], -1) > 0).sum(dim=1).min()) < n
+
+
+def sample_slide(
+    view: SlideView, model: SlideClassifier, n_draws: int | None = None, seed: int | None = None
+) -> SlideSample:
+    """Attention map of ``view`` and ``n_draws`` independent draws of ``N`` cells from it.
+
+    ``seed`` is the run seed (default ``config.predict.seed``); the generator is seeded with
+    :func:`slide_seed` ``(seed, view.slide_id)``, so the draws depend only on the seed and the slide.
+    """
+    cfg = model.config
+    n_draws = cfg.predict.n_draws if n_draws is None else int(n_draws)
+    seed = cfg.predict.seed if seed is None else int(seed)
+    n = cfg.sampling.n_patches
+    device = model.device
+    x, m = view_tensors(view, device)
+    with torch.no_grad(), eval_mode(model):
+        att = model.attention(x, m)  # [1, mh, mw]
+    map_size = (int(att.shape[1]), int(att.shape[2]))
+    replace = effective_replace(att, n, cfg.sampling.replace)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(slide_seed(seed, view.slide_id))
+    flat = att.reshape(1, -1).expand(n_draws, -1).contiguous()
+    indices, sampled = sample(flat, n, replace=replace, generator=gen)
+    return SlideSample(
+        slide_id=view.slide_id,
+        path=view.path,
+        attention=att[0].float().cpu().numpy(),
+        indices=indices.cpu().numpy().astype(np.int64),
+        sampled_attention=sampled.float().cpu().numpy(),
+        locations=cells_to_locations(indices, map_size, view, cfg),
+        tile_size=(cfg.slide.patch_size, cfg.slide.patch_size),
+        read_level=view.read_level,
+        replace=replace,
+        read_downsample=view.read_downsample,
+        scale=view.scale,
+    )
+
+
+def read_tiles(
+    slide: Slide, locations: np.ndarray, level: int, size: tuple[int, int]
+) -> np.ndarray:
+    """``uint8[..., h, w, 3]`` tiles at level-0 ``locations`` ``[..., 2]``, each distinct one read once."""
+    flat = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
+    uniq, inverse = np.unique(flat, axis=0, return_inverse=True)
+    tiles = slide.read_regions(uniq, level, size)
+    out = tiles[inverse.reshape(-1)]
+    return out.reshape(*np.shape(locations)[:-1], *out.shape[1:])
+
+
+def read_slide_tiles(sample: SlideSample, slide: Slide | None = None) -> np.ndarray:
+    """The ``M = T * N`` tiles of ``sample`` as ``uint8[M, h, w, 3]`` (opens and closes the slide
+    unless an open ``slide`` is given). Tiles drawn several times are read once."""
+    if slide is not None:
+        return read_tiles(
+            slide, sample.locations.reshape(-1, 2), sample.read_level, sample.tile_size
+        )
+    with open_slide(sample.path) as opened:
+        return read_tiles(
+            opened, sample.locations.reshape(-1, 2), sample.read_level, sample.tile_size
+        )
+
+
+def tiles_to_tensor(tiles: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 ``[n, h, w, 3]`` -> float ``[n, 3, h, w]`` in ``[0, 1]`` on ``device``."""
+    t = torch.as_tensor(tiles).to(device, non_blocking=True)
+    return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def tile_features(
+    model: SlideClassifier, tiles: np.ndarray, batch_size: int | None = None
+) -> np.ndarray:
+    """Features ``float32[M, D]`` of tiles ``uint8[M, h, w, 3]`` (from any slides), in batches."""
+    batch_size = batch_size or model.config.predict.tile_batch_size
+    device = model.device
+    out = []
+    with torch.no_grad(), eval_mode(model):
+        for start in range(0, len(tiles), batch_size):
+            chunk = tiles_to_tensor(tiles[start : start + batch_size], device)
+            out.append(model.features(chunk).float().cpu())
+    if not out:
+        return np.zeros((0, model.config.features.dim), dtype=np.float32)
+    return torch.cat(out).numpy()
+
+
+def aggregate_slide(
+    model: SlideClassifier, sample: SlideSample, features: np.ndarray
+) -> SlidePrediction:
+    """Expectation per draw -> head -> probabilities ``[T]`` -> mean and std."""
+    cfg = model.config
+    t, n = sample.indices.shape
+    device = model.device
+    f = torch.as_tensor(features, dtype=torch.float32, device=device).reshape(t, n, -1)
+    a = torch.as_tensor(sample.sampled_attention, dtype=torch.float32, device=device)
+    with torch.no_grad(), eval_mode(model):
+        probs = torch.sigmoid(model.classify(expectation(a, f, sample.replace))).float().cpu()
+    probs_np = probs.numpy().astype(np.float32)
+    p = float(probs_np.mean())
+    n_read = len(np.unique(sample.locations.reshape(-1, 2), axis=0))
+    return SlidePrediction(
+        slide_id=sample.slide_id,
+        probability=p,
+        prediction=int(p >= cfg.predict.threshold),
+        std=float(probs_np.std()) if t > 1 else 0.0,
+        n_patches=n,
+        n_draws=t,
+        draw_probabilities=probs_np,
+        attention=sample.attention,
+        locations=sample.locations,
+        tile_size_level0=sample.tile_size_level0,
+        scale=sample.scale,
+        n_tiles_read=n_read,
+    )
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block, restoring its previous mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def tissue_tile_count(view: SlideView, tile_size_level0: tuple[int, int]) -> float:
+    """How many tiles of ``tile_size_level0`` (w, h) the tissue covers: the dense pipeline's work."""
+    sy, sx = view.scale
+    w, h = tile_size_level0
+    return float(view.mask.sum()) * sy * sx / (w * h)
+
+
+def predict_slide(*args, **kwargs) -> SlidePrediction:  # noqa: ANN002, ANN003
+    """See :func:`wsi_ats.inference.predict.predict_slide` (re-exported here as INTERNALS.md lists)."""
+    from wsi_ats.inference.predict import predict_slide as _predict_slide
+
+    return _predict_slide(*args, **kwargs)

@@ -1,0 +1,69 @@
+"""The attention network: a small CNN from the low-res view to one logit per attention cell."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wsi_ats.models.config import AttentionConfig
+
+
+class AttentionNet(nn.Module):
+    """Low-res view ``[B, 3, h, w]`` (float in ``[0, 1]``) -> logits ``[B, 1, mh, mw]``.
+
+    ``depth`` 3x3 convolutions with "same" padding; ``log2(map_stride)`` of them have stride 2, so
+    ``mh = ceil(h / map_stride)``. Each attention cell covers ``map_stride`` low-res pixels along each
+    axis, uniformly (the offset mapping's receptive-field margin is 0). :attr:`trunk` (everything but
+    the last 1x1 scoring layer) is reused by the low-resolution-only baseline.
+    """
+
+    def __init__(self, width: int = 16, depth: int = 3, map_stride: int = 2) -> None:
+        super().__init__()
+        n_down = {1: 0, 2: 1, 4: 2, 8: 3}[map_stride]
+        depth = max(depth, n_down)
+        layers: list[nn.Module] = []
+        channels = 3
+        for i in range(depth):
+            stride = 2 if i >= depth - n_down else 1
+            layers += [
+                nn.Conv2d(channels, width, 3, stride=stride, padding=1),
+                nn.ReLU(inplace=True),
+            ]
+            channels = width
+        self.trunk = nn.Sequential(*layers)
+        self.score = nn.Conv2d(width, 1, 1)
+        self.width = width
+        self.map_stride = map_stride
+
+    @classmethod
+    def from_config(cls, cfg: AttentionConfig) -> AttentionNet:
+        return cls(width=cfg.width, depth=cfg.depth, map_stride=cfg.map_stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(self.trunk(x - 0.5))
+
+
+def masked_attention(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over every cell of ``logits`` ``[B, 1, mh, mw]`` or ``[B, mh, mw]``, zero off tissue.
+
+    ``mask`` is ``[B, h, w]`` on the low-res view (bool or {0, 1}); it is max-pooled onto the map
+    when shapes differ (a cell counts as tissue when any of its pixels does). A row whose mask is all
+    empty falls back to every cell, so the result is always a distribution. Returns ``[B, mh, mw]``.
+    """
+    if logits.dim() == 4:
+        logits = logits[:, 0]
+    b, mh, mw = logits.shape
+    if mask is not None:
+        cell = mask_to_map(mask.to(logits.device), (mh, mw))
+        empty = ~cell.flatten(1).any(dim=1)
+        cell = cell | empty[:, None, None]
+        logits = logits.masked_fill(~cell, float("-inf"))
+    return torch.softmax(logits.flatten(1), dim=1).view(b, mh, mw)
+
+
+def mask_to_map(mask: torch.Tensor, map_size: tuple[int, int]) -> torch.Tensor:
+    """Bool ``[B, mh, mw]``: ``mask`` ``[B, h, w]`` max-pooled onto an attention map of ``map_size``."""
+    m = mask.float()[:, None]
+    if tuple(m.shape[-2:]) != tuple(map_size):
+        m = nn.functional.adaptive_max_pool2d(m, map_size)
+    return m[:, 0] > 0.5

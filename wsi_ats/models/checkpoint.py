@@ -1,0 +1,137 @@
+"""Checkpoints: ``RUN/model.pt`` = ``{"state_dict", "config", "epoch", ...}``, loaded weights-only.
+
+Only plain tensors and builtins are stored, so :func:`load_model` reads them with
+``torch.load(..., weights_only=True)`` (no pickle of arbitrary objects). ``RUN/config.json`` mirrors the
+config for people and tools.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wsi_ats.models.classifier import SlideClassifier
+from wsi_ats.models.config import ConfigError, PipelineConfig
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: unreadable, not ours, or not fitting the architecture."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def save_checkpoint(path: str | Path, model: SlideClassifier, epoch: int, **extra: Any) -> Path:
+    """Write ``model``'s weights and config (+ ``extra`` builtins/tensors) atomically to ``path``.
+
+    Also writes ``config.json`` beside it. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": model.config.to_dict(),
+        "epoch": int(epoch),
+        **extra,
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    cfg_tmp = path.with_name(".config.json.tmp")
+    cfg_tmp.write_text(model.config.to_json() + "\n")
+    os.replace(cfg_tmp, path.with_name("config.json"))
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict (weights-only load); :class:`CheckpointError` when it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(path, "no such checkpoint file") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(path, f"not a readable weights-only checkpoint ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - pickle raises assorted types; re-raised typed
+        raise CheckpointError(path, f"not a readable weights-only checkpoint ({exc})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(path, "not a wsi-ats checkpoint (needs 'state_dict' and 'config')")
+    return ckpt
+
+
+def load_model(
+    path: str | Path,
+    config: PipelineConfig | None = None,
+    *,
+    attention_net: nn.Module | None = None,
+    feature_net: nn.Module | None = None,
+    head: nn.Module | None = None,
+    map_location: str | torch.device = "cpu",
+) -> SlideClassifier:
+    """The :class:`SlideClassifier` saved at ``path`` (a ``model.pt`` or the run folder), in eval mode.
+
+    When ``config`` is given, its architecture fields must equal the checkpoint's. Custom modules
+    (``attention_net``...) replace the built-in ones before the weights are loaded. Raises
+    :class:`CheckpointError` (a ``ValueError``) naming the file and the mismatching fields or weights.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    ckpt = read_checkpoint(path, map_location)
+    try:
+        saved = PipelineConfig.from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(path, f"its config is not valid here: {exc}") from None
+    if config is not None:
+        diff = saved.architecture_diff(config)
+        if diff:
+            details = ", ".join(
+                f"{name} (checkpoint {_get(saved, name)!r}, pipeline {_get(config, name)!r})"
+                for name in diff
+            )
+            raise CheckpointError(path, f"incompatible config: {details}")
+        saved = config
+    try:
+        model = SlideClassifier(saved, attention_net, feature_net, head)
+    except (ImportError, ValueError) as exc:
+        raise CheckpointError(path, f"cannot build its model: {exc}") from None
+    check_state_dict(path, model, ckpt["state_dict"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(map_location).eval()
+
+
+def check_state_dict(path: str | Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped weights."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing weights {missing[:5]}")
+    if unexpected:
+        problems.append(f"unexpected weights {unexpected[:5]}")
+    if shapes:
+        problems.append(f"shape mismatch (checkpoint vs model) {shapes[:5]}")
+    if problems:
+        raise CheckpointError(path, "weights do not fit the architecture: " + "; ".join(problems))
+
+
+def _get(cfg: PipelineConfig, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)

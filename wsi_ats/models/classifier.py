@@ -1,0 +1,61 @@
+"""``SlideClassifier``: the attention net, the feature net, the head and the config they came from."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wsi_ats.models.attention import AttentionNet, masked_attention
+from wsi_ats.models.config import PipelineConfig
+from wsi_ats.models.features import build_feature_net
+from wsi_ats.models.head import ClassifierHead
+
+
+class SlideClassifier(nn.Module):
+    """Holds the three networks of attention sampling and the :class:`PipelineConfig`.
+
+    - ``attention_net``: low-res view ``[B, 3, h, w]`` in ``[0, 1]`` -> logits ``[B, 1, mh, mw]``;
+    - ``feature_net``: tiles ``[n, 3, p, p]`` in ``[0, 1]`` -> ``[n, D]``;
+    - ``head``: aggregated feature ``[B, D]`` -> logits ``[B]``.
+
+    Any ``nn.Module`` obeying these shapes may be passed in place of the built-in ones; the stages in
+    :mod:`wsi_ats.inference.stages` and the training loop only use these three calls.
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        attention_net: nn.Module | None = None,
+        feature_net: nn.Module | None = None,
+        head: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.attention_net = attention_net or AttentionNet.from_config(config.attention)
+        self.feature_net = feature_net or build_feature_net(config.features)
+        self.head = head or ClassifierHead.from_config(config.features.dim, config.head)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def attention(self, view: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention distribution ``[B, mh, mw]`` (sums to 1, zero off tissue) of views ``[B,3,h,w]``."""
+        return masked_attention(self.attention_net(view), mask)
+
+    def features(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Tile features ``[n, D]`` of tiles ``[n, 3, p, p]`` in ``[0, 1]``."""
+        return self.feature_net(tiles)
+
+    def classify(self, aggregated: torch.Tensor) -> torch.Tensor:
+        """Slide logits ``[B]`` of aggregated features ``[B, D]``."""
+        return self.head(aggregated)
+
+
+def build_model(config: PipelineConfig, seed: int | None = None) -> SlideClassifier:
+    """A freshly initialised :class:`SlideClassifier` for ``config`` (seeded when ``seed`` is given)."""
+    if seed is None:
+        return SlideClassifier(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SlideClassifier(config)

@@ -1,0 +1,281 @@
+"""``PipelineConfig``: every knob of a run (model, sampling, training, prediction) from one TOML file.
+
+The TOML has one table per section below (``[slide]``, ``[attention]``, ``[features]``,
+``[sampling]``, ``[head]``, ``[train]``, ``[predict]``); ``pipelines/default.toml`` documents every
+field. Unknown tables or keys and values of the wrong type or range raise :class:`ConfigError`
+naming the file and the field, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    tomllib = None  # type: ignore[assignment]
+
+
+class ConfigError(ValueError):
+    """A pipeline spec is invalid; the message names the file (when any) and the field."""
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+@dataclass(frozen=True)
+class SlideConfig:
+    """Where the model looks: the low-res view and the level high-res tiles are read at."""
+
+    lowres_size: int = 512  # longest side of the low-res view, in low-res pixels
+    read_level: int = 0  # pyramid level the high-res tiles are read at (0 = full resolution)
+    patch_size: int = 64  # tile side, in pixels of ``read_level``
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """The attention network on the low-res view (architecture: checked when loading)."""
+
+    width: int = 16  # channels of its convolutions
+    depth: int = 3  # number of 3x3 convolutions (>= 1)
+    map_stride: int = 2  # low-res pixels per attention cell along each axis (1, 2, 4 or 8)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """The feature network applied to high-res tiles (architecture: checked when loading)."""
+
+    backbone: str = (
+        "compact"  # "compact" (built in) or "timm:<model name>" (needs timm, no weights)
+    )
+    width: int = 16  # channels of the first convolution of the compact CNN (doubles per stage)
+    dim: int = 32  # length D of a tile's feature vector
+    normalize: bool = False  # L2-normalise each feature vector
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Attention sampling: how many tiles per slide and how they are drawn."""
+
+    n_patches: int = 32  # N tiles drawn per slide and per draw
+    replace: bool = False  # with replacement (multinomial) or without (Gumbel top-k)
+    receptive_field: int = 0  # receptive-field margin of the attention map, in low-res pixels
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The classifier on the aggregated feature (architecture: checked when loading)."""
+
+    hidden: int = 0  # width of a hidden layer; 0 = a single linear layer
+    dropout: float = 0.0  # dropout before the last layer (training only)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = 10  # passes over the training slides
+    batch_size: int = 8  # slides per optimiser step (gradients accumulated slide by slide)
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam weight decay
+    entropy_coef: float = 1e-3  # weight of the attention-entropy bonus (> 0 keeps attention spread)
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    seed: int = 0  # seeds shuffling, sampling and initialisation
+    read_workers: int = 4  # threads that read tiles of upcoming slides in the background
+    val_fraction: float = 0.2  # share of train slides held out when the manifest has no "val" split
+    val_draws: int = 2  # draws per slide when computing the validation AUC
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Prediction."""
+
+    n_draws: int = 8  # independent draws of N tiles per slide: probability = mean, std = spread
+    seed: int = 0  # run seed; per-slide seeds derive from (seed, slide_id)
+    tile_batch_size: int = 128  # tiles per forward pass of the feature network
+    threshold: float = 0.5  # prediction = probability >= threshold
+
+
+SECTIONS: dict[str, type] = {
+    "slide": SlideConfig,
+    "attention": AttentionConfig,
+    "features": FeatureConfig,
+    "sampling": SamplingConfig,
+    "head": HeadConfig,
+    "train": TrainConfig,
+    "predict": PredictConfig,
+}
+
+#: sections whose fields decide the shapes of the weights (a checkpoint must match them)
+ARCHITECTURE_SECTIONS = ("attention", "features", "head")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """All sections of a pipeline spec; build with :meth:`from_toml` or :meth:`from_dict`."""
+
+    slide: SlideConfig = field(default_factory=SlideConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str | Path | None = None) -> PipelineConfig:
+        """Build from ``{section: {field: value}}``; missing fields take their defaults."""
+        if not isinstance(data, dict):
+            raise ConfigError("a pipeline spec must be a table of sections", path)
+        unknown = sorted(set(data) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown section(s) {unknown}; expected some of {sorted(SECTIONS)}", path
+            )
+        parts = {}
+        for name, section_cls in SECTIONS.items():
+            values = data.get(name, {})
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{name}] must be a table", path)
+            parts[name] = _build_section(name, section_cls, values, path)
+        try:
+            return cls(**parts)
+        except ConfigError as exc:
+            if path is None:
+                raise
+            raise ConfigError(str(exc), path) from None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> PipelineConfig:
+        """Read a pipeline spec from a TOML file (raises :class:`ConfigError` naming it)."""
+        path = Path(path)
+        if tomllib is None:  # pragma: no cover
+            raise ConfigError("reading TOML needs Python >= 3.11 (tomllib)", path)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError("no such pipeline file", path) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", path) from None
+        return cls.from_dict(data, path)
+
+    # --- export -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """``{section: {field: value}}`` of builtins (JSON- and checkpoint-safe)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **sections: dict[str, Any]) -> PipelineConfig:
+        """A copy with some fields changed: ``cfg.replace(train={"epochs": 3})``."""
+        data = self.to_dict()
+        for name, values in sections.items():
+            if name not in SECTIONS:
+                raise ConfigError(f"unknown section {name!r}")
+            data[name] = {**data[name], **values}
+        return PipelineConfig.from_dict(data)
+
+    def architecture(self) -> dict[str, dict[str, Any]]:
+        """The fields that decide weight shapes, ``{section: {field: value}}``."""
+        data = self.to_dict()
+        arch = {name: dict(data[name]) for name in ARCHITECTURE_SECTIONS}
+        arch["head"].pop("dropout", None)  # no weights
+        return arch
+
+    def architecture_diff(self, other: PipelineConfig) -> list[str]:
+        """Dotted names of architecture fields whose values differ: ``["features.dim"]``."""
+        mine, theirs = self.architecture(), other.architecture()
+        return [
+            f"{section}.{key}"
+            for section in ARCHITECTURE_SECTIONS
+            for key in mine[section]
+            if mine[section][key] != theirs[section][key]
+        ]
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """The config in ``path`` (TOML), or the defaults when ``path`` is ``None``."""
+    return PipelineConfig() if path is None else PipelineConfig.from_toml(path)
+
+
+def _build_section(
+    name: str, section_cls: type, values: dict[str, Any], path: str | Path | None
+) -> Any:
+    known = {f.name: f for f in fields(section_cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"[{name}] unknown field(s) {unknown}; expected some of {sorted(known)}", path
+        )
+    kwargs = {}
+    for key, value in values.items():
+        default = getattr(section_cls(), key)
+        kwargs[key] = _coerce(f"{name}.{key}", value, type(default), path)
+    return section_cls(**kwargs)
+
+
+def _coerce(name: str, value: Any, kind: type, path: str | Path | None) -> Any:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}", path)
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}", path)
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}", path)
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}", path)
+        return value
+    raise ConfigError(f"{name}: unsupported type {kind}", path)  # pragma: no cover
+
+
+def _validate(cfg: PipelineConfig) -> None:
+    checks: list[tuple[bool, str]] = [
+        (cfg.slide.lowres_size >= 16, "slide.lowres_size must be >= 16"),
+        (cfg.slide.read_level >= 0, "slide.read_level must be >= 0"),
+        (cfg.slide.patch_size >= 8, "slide.patch_size must be >= 8"),
+        (cfg.attention.width >= 1, "attention.width must be >= 1"),
+        (cfg.attention.depth >= 1, "attention.depth must be >= 1"),
+        (cfg.attention.map_stride in (1, 2, 4, 8), "attention.map_stride must be 1, 2, 4 or 8"),
+        (
+            cfg.features.backbone == "compact" or cfg.features.backbone.startswith("timm:"),
+            'features.backbone must be "compact" or "timm:<name>"',
+        ),
+        (cfg.features.width >= 1, "features.width must be >= 1"),
+        (cfg.features.dim >= 1, "features.dim must be >= 1"),
+        (cfg.sampling.n_patches >= 1, "sampling.n_patches must be >= 1"),
+        (cfg.sampling.receptive_field >= 0, "sampling.receptive_field must be >= 0"),
+        (cfg.head.hidden >= 0, "head.hidden must be >= 0"),
+        (0.0 <= cfg.head.dropout < 1.0, "head.dropout must be in [0, 1)"),
+        (cfg.train.epochs >= 0, "train.epochs must be >= 0"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.train.lr > 0, "train.lr must be > 0"),
+        (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (cfg.train.entropy_coef >= 0, "train.entropy_coef must be >= 0"),
+        (cfg.train.grad_clip >= 0, "train.grad_clip must be >= 0"),
+        (cfg.train.read_workers >= 1, "train.read_workers must be >= 1"),
+        (0.0 <= cfg.train.val_fraction < 1.0, "train.val_fraction must be in [0, 1)"),
+        (cfg.train.val_draws >= 1, "train.val_draws must be >= 1"),
+        (cfg.predict.n_draws >= 1, "predict.n_draws must be >= 1"),
+        (cfg.predict.tile_batch_size >= 1, "predict.tile_batch_size must be >= 1"),
+        (0.0 < cfg.predict.threshold < 1.0, "predict.threshold must be in (0, 1)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
