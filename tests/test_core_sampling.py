@@ -122,3 +122,26 @@ def test_multinomial_entropy_values_and_safe_gradient() -> None:
     ent.sum().backward()
     assert torch.isfinite(logits.grad).all()
     assert logits.grad[0, 1] == 0 and logits.grad[0, 3] == 0
+
+
+def test_inverse_cdf_path_for_huge_grids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grids beyond torch.multinomial's category limit use an inverse-CDF draw; same law."""
+    from wsi_ats.core import sampling
+
+    monkeypatch.setattr(sampling, "MULTINOMIAL_MAX_CATEGORIES", 4)
+    a = torch.tensor([0.0, 0.1, 0.0, 0.25, 0.4, 0.25, 0.0])
+    indices, sampled = sample(a.expand(3, 7), 20_000, replace=True, generator=_gen(16))
+    assert torch.equal(sampled, a[indices])
+    counts = torch.bincount(indices.flatten(), minlength=7).double()
+    assert counts[a == 0].sum() == 0
+    nonzero = a > 0
+    result = stats.chisquare(counts[nonzero].numpy(), (a[nonzero] * counts.sum()).double().numpy())
+    assert result.pvalue > P_MIN
+    again, _ = sample(a.expand(3, 7), 20_000, replace=True, generator=_gen(16))
+    assert torch.equal(indices, again)
+
+
+@pytest.mark.parametrize("bad", [[0.5, -0.1, 0.6], [0.5, float("nan"), 0.5], [0.0, 0.0, 0.0]])
+def test_rejects_invalid_attention(bad: list[float]) -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        sample(torch.tensor([bad]), 1, replace=True)

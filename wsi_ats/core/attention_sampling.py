@@ -132,6 +132,11 @@ class AttentionSampling(nn.Module):
 
         n, (ph, pw) = self.n_patches, self.patch_size
         flat_features = self.feature_net(patches.reshape(b * n, patches.shape[2], ph, pw))
+        if flat_features.dim() != 2 or flat_features.shape[0] != b * n:
+            raise ValueError(
+                f"feature_net must map [B*N={b * n}, C, ph, pw] patches to [B*N, D], "
+                f"got {tuple(flat_features.shape)}"
+            )
         features = flat_features.reshape(b, n, -1)
         pooled = expectation(sampled_attention, features, self.replace)
         return AttentionSamplingOutput(

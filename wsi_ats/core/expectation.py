@@ -1,4 +1,23 @@
-"""Unbiased Monte-Carlo estimate of ``sum_k a_k f_k`` and of its gradients from sampled cells."""
+"""Unbiased Monte-Carlo estimate of ``sum_k a_k f_k`` and of its gradients from sampled cells.
+
+Why the gradients are unbiased. The target is ``F(a, f) = sum_k a_k f_k``; its gradient with
+respect to the full attention vector is ``dF/da_k = g.f_k`` (``g`` the upstream gradient), and
+the attention logits get theirs through the (linear) softmax Jacobian, so an estimate ``G_k``
+with ``E[G_k] = g.f_k`` for every cell ``k`` is all we need. ``sample`` gathers ``a`` at the
+drawn cells, so ``G_k`` is the sum of the per-position gradients at positions with ``q_i = k``.
+
+* With replacement: each draw gives ``g.f_q / (N a_q)`` at its cell ``q``;
+  ``E[sum_i 1{q_i=k} g.f_k / (N a_k)] = N * a_k * g.f_k / (N a_k) = g.f_k``.
+* Without replacement, term ``i`` given the earlier draws (``S = sum_{j<i} a_{q_j}``): the earlier
+  cells get their exact gradient ``g.f_{q_j}``; the current draw gets ``(1 - S) g.f_{q_i} / a_{q_i}``
+  with ``1 - S`` held constant. A cell ``k`` not drawn yet is drawn now with probability
+  ``a_k / (1 - S)``, so its expected gradient is ``g.f_k``; drawn cells get ``g.f_k`` exactly.
+  Every term is conditionally unbiased for every ``k``, hence so is their mean. Summed over the
+  terms, position ``i`` gets ``(N - 1 - i + (1 - S_{i-1}) / a_{q_i}) g.f_{q_i} / N`` (0-based ``i``).
+  The original Keras library differentiates a different expression and is biased here.
+* Features: the estimate is linear in ``f`` and the draws do not depend on the feature network,
+  so the exact derivative of the estimate is an unbiased gradient.
+"""
 
 from __future__ import annotations
 

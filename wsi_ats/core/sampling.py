@@ -7,12 +7,28 @@ from torch import Tensor
 
 __all__ = ["sample"]
 
+# torch.multinomial refuses more categories than this; larger grids use an inverse-CDF draw.
+MULTINOMIAL_MAX_CATEGORIES = 2**24
+
 
 def _gumbel_keys(log_p: Tensor, generator: torch.Generator | None) -> Tensor:
     """Perturbed keys ``log p + Gumbel(0, 1)``; ``-inf`` stays ``-inf`` (zero-probability cells)."""
     exp_noise = torch.empty_like(log_p).exponential_(generator=generator)
     # Gumbel(0, 1) = -log(Exp(1)); the clamp guards against an exact zero draw.
     return log_p - torch.log(exp_noise.clamp_min(torch.finfo(log_p.dtype).tiny))
+
+
+def _inverse_cdf(probs: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
+    """I.i.d. draws ``[B, n]`` by inverting the float64 CDF; zero-probability cells are never hit."""
+    cdf = torch.cumsum(probs.to(torch.float64), dim=1)
+    u = (
+        torch.rand(probs.shape[0], n, generator=generator, dtype=torch.float64, device=probs.device)
+        * cdf[:, -1:]
+    )
+    indices = torch.searchsorted(cdf, u, right=True)
+    # Rounding can put u on the total; fall back to the last nonzero cell of the row.
+    last_nonzero = probs.shape[1] - 1 - torch.argmax((probs.flip(1) > 0).to(torch.uint8), dim=1)
+    return torch.minimum(indices, last_nonzero.unsqueeze(1))
 
 
 def sample(
@@ -51,8 +67,14 @@ def sample(
     flat = attention.reshape(attention.shape[0], -1)
     with torch.no_grad():
         probs = flat.detach()
-        if replace:
+        if not bool(((probs >= 0) & torch.isfinite(probs)).all() and (probs.sum(1) > 0).all()):
+            raise ValueError(
+                "attention must be finite and non-negative with a positive sum per row"
+            )
+        if replace and probs.shape[1] <= MULTINOMIAL_MAX_CATEGORIES:
             indices = torch.multinomial(probs, n, replacement=True, generator=generator)
+        elif replace:
+            indices = _inverse_cdf(probs, n, generator)
         else:
             nonzero = int((probs > 0).sum(dim=1).min().item()) if probs.shape[0] else n
             if n > nonzero:
