@@ -1,0 +1,196 @@
+"""Analytic slide layout: tissue blobs and candidate spots, in level-0 pixels.
+
+Tissue is ``{f >= threshold}`` for ``f`` a sum of axis-aligned Gaussians (2-4 clusters of 2-4
+blobs); the threshold is the quantile that makes tissue cover a random 25-40% of the slide. Spots
+are discs of a fixed diameter placed wholly inside tissue, 3-8 per slide whatever the label;
+positive slides have 1-2 malignant spots among them. The label is drawn last, so the same seed gives
+the same tissue and spot positions for either label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+TISSUE_COVERAGE = (0.25, 0.40)  # fraction of the slide area
+SPOT_COUNT = (3, 8)  # candidate spots per slide, inclusive, same for both labels
+MALIGNANT_COUNT = (1, 2)  # malignant spots on a positive slide, inclusive
+DEFAULT_SPOT_FRACTION = 0.015  # default spot diameter, as a fraction of the slide's shorter side
+_GRID = 256  # coarse grid used to pick the threshold and spot candidates
+
+
+class SynthError(ValueError):
+    """A synthetic slide cannot be laid out (e.g. spots too large for the tissue)."""
+
+
+@dataclass(frozen=True)
+class Spot:
+    """A candidate spot: a disc centred at ``(cx, cy)`` with ``radius``, level-0 pixels."""
+
+    kind: str  # "benign" or "malignant"
+    cx: float
+    cy: float
+    radius: float
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """Level-0 bounding box ``(x, y, w, h)`` in whole pixels."""
+        x0, y0 = int(np.floor(self.cx - self.radius)), int(np.floor(self.cy - self.radius))
+        x1, y1 = int(np.ceil(self.cx + self.radius)), int(np.ceil(self.cy + self.radius))
+        return x0, y0, x1 - x0, y1 - y0
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything needed to render a slide. ``width``/``height`` in level-0 pixels; the tissue field
+    is ``sum_i amp_i exp(-((x-cx_i)^2 / 2 sx_i^2 + (y-cy_i)^2 / 2 sy_i^2))`` (level-0 px)."""
+
+    width: int
+    height: int
+    label: int
+    blobs: np.ndarray  # float64 [n, 5]: amp, cx, cy, sx, sy
+    threshold: float
+    tissue_fraction: float  # of the slide area, estimated on a 256 x 256 grid
+    spots: tuple[Spot, ...] = field(default=())
+
+    def field_1d(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Tissue field on the grid ``ys x xs`` (level-0 px): ``[len(ys), len(xs)]``."""
+        amp, cx, cy, sx, sy = self.blobs.T
+        gx = np.exp(-((xs[None, :] - cx[:, None]) ** 2) / (2 * sx[:, None] ** 2))
+        gy = np.exp(-((ys[None, :] - cy[:, None]) ** 2) / (2 * sy[:, None] ** 2))
+        return np.einsum("n,ny,nx->yx", amp, gy, gx, optimize=True)
+
+    def field_at(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Tissue field at the points ``(xs[i], ys[i])``."""
+        amp, cx, cy, sx, sy = self.blobs.T
+        e = ((xs[:, None] - cx) / sx) ** 2 + ((ys[:, None] - cy) / sy) ** 2
+        return np.exp(-0.5 * e) @ amp
+
+    def field_bound(self, x0: float, x1: float, y0: float, y1: float) -> float:
+        """Upper bound of the field on the rectangle ``[x0, x1] x [y0, y1]``: exact per blob."""
+        amp, cx, cy, sx, sy = self.blobs.T
+        dx = np.maximum(0.0, np.maximum(x0 - cx, cx - x1))
+        dy = np.maximum(0.0, np.maximum(y0 - cy, cy - y1))
+        return float(np.sum(amp * np.exp(-0.5 * ((dx / sx) ** 2 + (dy / sy) ** 2))))
+
+    @property
+    def lesion_fraction(self) -> float:
+        """Area of all spots over the tissue area."""
+        return spot_area(self.spots) / (self.tissue_fraction * self.width * self.height)
+
+    @property
+    def malignant_fraction(self) -> float:
+        """Area of the malignant spots over the tissue area."""
+        return spot_area(self.spots, "malignant") / (
+            self.tissue_fraction * self.width * self.height
+        )
+
+    def truth(self, **extra: object) -> dict:
+        """Ground truth as plain JSON-able data (boxes in level-0 pixels)."""
+        return truth_dict(
+            self.width, self.height, self.label, self.tissue_fraction, self.spots, **extra
+        )
+
+
+def spot_area(spots: tuple[Spot, ...], kind: str | None = None) -> float:
+    """Total area of the spots (of ``kind``, or all), level-0 px^2."""
+    return float(sum(np.pi * s.radius**2 for s in spots if kind is None or s.kind == kind))
+
+
+def truth_dict(
+    width: int,
+    height: int,
+    label: int,
+    tissue_fraction: float,
+    spots: tuple[Spot, ...],
+    **extra: object,
+) -> dict:
+    """The ground-truth record of a slide: sizes, fractions and spots with boxes ``x, y, w, h``."""
+    tissue = tissue_fraction * width * height
+    return {
+        **extra,
+        "width": width,
+        "height": height,
+        "label": label,
+        "tissue_fraction": round(tissue_fraction, 6),
+        "lesion_fraction_of_tissue": round(spot_area(spots) / tissue, 6),
+        "malignant_fraction_of_tissue": round(spot_area(spots, "malignant") / tissue, 6),
+        "spots": [
+            {**asdict(s), **dict(zip(("x", "y", "w", "h"), s.box, strict=True))} for s in spots
+        ],
+    }
+
+
+def default_spot_diameter(width: int, height: int) -> float:
+    """Default spot diameter in level-0 px: 1.5% of the shorter side."""
+    return DEFAULT_SPOT_FRACTION * min(width, height)
+
+
+def make_layout(
+    width: int,
+    height: int,
+    seed: int,
+    label: int,
+    spot_diameter: float | None = None,
+) -> Layout:
+    """Random tissue and spots for one slide, deterministic in ``(seed, label)``."""
+    if label not in (0, 1):
+        raise ValueError(f"label must be 0 or 1, got {label!r}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5117E]))
+    side = min(width, height)
+    blobs = []
+    for _ in range(rng.integers(2, 5)):
+        ccx, ccy = rng.uniform(0.25, 0.75, 2)
+        for _ in range(rng.integers(2, 5)):
+            bx = np.clip(ccx + rng.normal(0, 0.08), 0.15, 0.85) * width
+            by = np.clip(ccy + rng.normal(0, 0.08), 0.15, 0.85) * height
+            sx, sy = rng.uniform(0.05, 0.12, 2) * side
+            blobs.append((rng.uniform(0.6, 1.0), bx, by, sx, sy))
+    blob_arr = np.asarray(blobs, dtype=np.float64)
+    xs = (np.arange(_GRID) + 0.5) * width / _GRID
+    ys = (np.arange(_GRID) + 0.5) * height / _GRID
+    layout = Layout(width, height, label, blob_arr, 0.0, 0.0)
+    grid = layout.field_1d(xs, ys)
+    coverage = rng.uniform(*TISSUE_COVERAGE)
+    threshold = float(np.quantile(grid, 1.0 - coverage))
+    tissue = grid >= threshold
+    layout = Layout(width, height, label, blob_arr, threshold, float(tissue.mean()))
+
+    diameter = default_spot_diameter(width, height) if spot_diameter is None else spot_diameter
+    radius = float(diameter) / 2.0
+    if radius <= 0:
+        raise SynthError(f"spot diameter must be positive, got {diameter}")
+    n_spots = int(rng.integers(SPOT_COUNT[0], SPOT_COUNT[1] + 1))
+    cells = np.argwhere(tissue)
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    centres: list[tuple[float, float]] = []
+    for _ in range(20000):
+        if len(centres) == n_spots:
+            break
+        cy_cell, cx_cell = cells[rng.integers(len(cells))]
+        cx = (cx_cell + rng.uniform()) * width / _GRID
+        cy = (cy_cell + rng.uniform()) * height / _GRID
+        ring = 1.3 * radius
+        if not (ring <= cx <= width - ring and ring <= cy <= height - ring):
+            continue
+        if any((cx - ox) ** 2 + (cy - oy) ** 2 < (3 * radius) ** 2 for ox, oy in centres):
+            continue
+        px = np.append(cx + ring * np.cos(angles), cx)
+        py = np.append(cy + ring * np.sin(angles), cy)
+        if np.all(layout.field_at(px, py) >= threshold):
+            centres.append((float(cx), float(cy)))
+    if len(centres) < n_spots:
+        raise SynthError(
+            f"could not place {n_spots} spots of diameter {diameter:.0f} px in the tissue of a "
+            f"{width} x {height} slide (seed {seed})"
+        )
+    n_malignant = int(rng.integers(MALIGNANT_COUNT[0], MALIGNANT_COUNT[1] + 1))
+    malignant = (
+        set(rng.choice(n_spots, size=n_malignant, replace=False).tolist()) if label else set()
+    )
+    spots = tuple(
+        Spot("malignant" if i in malignant else "benign", cx, cy, radius)
+        for i, (cx, cy) in enumerate(centres)
+    )
+    return Layout(width, height, label, blob_arr, threshold, layout.tissue_fraction, spots)
