@@ -1,0 +1,126 @@
+"""``wsi-ats predict``: a cohort manifest through a trained model, on a local or existing Dask cluster."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``predict`` on the ``wsi-ats`` parser."""
+    p = subparsers.add_parser(
+        "predict",
+        help="predict every slide of a manifest (resumable; local or dask-distributed cluster)",
+        description=(
+            "Predict every slide of a cohort manifest (CSV: slide_id,path[,label][,split]) and write "
+            "OUT/predictions.csv plus per-slide outputs under OUT/slides/. Slides already finished "
+            "in OUT are skipped, so rerunning the same command resumes an interrupted run. Exit "
+            "status: 0 all slides ok, 1 some slide failed, 2 unusable manifest/model/settings."
+        ),
+    )
+    p.add_argument("--manifest", required=True, type=Path, help="cohort manifest CSV")
+    p.add_argument("--model", required=True, type=Path, help="checkpoint RUN/model.pt (or RUN)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="run on this existing dask-distributed scheduler (default: a local cluster)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="local cluster: worker processes (default: cores)"
+    )
+    p.add_argument(
+        "--threads-per-worker", type=int, default=1, help="local cluster: threads per worker"
+    )
+    p.add_argument(
+        "--max-in-flight", type=int, default=None, metavar="K", help="slides in the graph at once"
+    )
+    p.add_argument(
+        "--batch-slides", type=int, default=4, help="slides whose tiles share one feature pass"
+    )
+    p.add_argument("--n-draws", type=int, default=None, help="draws per slide (default: config)")
+    p.add_argument("--seed", type=int, default=None, help="run seed (default: config)")
+    p.add_argument("--retries", type=int, default=2, help="retries of a failed task")
+    p.add_argument(
+        "--on-missing",
+        choices=["error-row", "fail"],
+        default="error-row",
+        help="a manifest path that does not exist: an error row (default) or refuse the manifest",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, start or join the cluster, predict, print a one-line summary; the exit status."""
+    from tqdm import tqdm
+
+    from wsi_ats.models import CheckpointError
+    from wsi_ats.pipeline.cluster import dashboard_link, open_client
+    from wsi_ats.pipeline.cohort import (
+        ProgressEvent,
+        RunSettingsError,
+        predict_cohort,
+        summary_line,
+    )
+    from wsi_ats.pipeline.manifest import ManifestError, load_manifest
+
+    try:
+        manifest = load_manifest(args.manifest, on_missing=args.on_missing)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for entry in manifest:
+        if entry.problem:
+            print(f"warning: line {entry.line}: {entry.problem} (reported as an error row)",
+                  file=sys.stderr)  # fmt: skip
+    if not args.model.exists():
+        print(f"error: no such model checkpoint: {args.model}", file=sys.stderr)
+        return 2
+
+    bar: tqdm | None = None
+    start = time.time()
+    tiles = 0
+
+    def on_progress(event: ProgressEvent) -> None:
+        nonlocal bar, tiles
+        if args.no_progress:
+            return
+        if bar is None:
+            bar = tqdm(total=event.total, unit="slide", desc="predict", file=sys.stderr)
+        tiles += event.n_tiles
+        rate = tiles / max(time.time() - start, 1e-9)
+        bar.set_postfix(done=event.done, failed=event.failed, tiles_s=f"{rate:.0f}", refresh=False)
+        bar.update(1)
+
+    try:
+        with open_client(
+            args.scheduler, n_workers=args.workers, threads_per_worker=args.threads_per_worker
+        ) as client:
+            link = dashboard_link(client)
+            print(f"dask dashboard: {link or 'not available (install bokeh)'}", file=sys.stderr)
+            start = time.time()
+            df = predict_cohort(
+                manifest,
+                args.model,
+                args.out,
+                client=client,
+                n_draws=args.n_draws,
+                seed=args.seed,
+                max_in_flight=args.max_in_flight,
+                batch_slides=args.batch_slides,
+                retries=args.retries,
+                progress=on_progress,
+            )
+    except (CheckpointError, RunSettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    print(summary_line(df) + f" -> {args.out / 'predictions.csv'}")
+    return 0 if (df["status"] == "ok").all() else 1
