@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -404,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cnn-budget-min", type=float, default=6.0)
     p.add_argument("--eval-patches", default="2,5,10,25,50")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--eval-only", action="store_true", help="evaluate the models saved by the last full run"
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "megapixel_mnist.txt")
     p.add_argument("--plot", type=Path, default=RESULTS / "megapixel_mnist_error_vs_patches.png")
     p.add_argument("--measure", choices=["ats", "cnn", "cnn-full"], help=argparse.SUPPRESS)
@@ -420,23 +424,38 @@ def main(argv: list[str] | None = None) -> int:
         args.plot = CACHE / "megapixel_mnist_quick.png"
 
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     data = make_data(args.n_train, args.n_test, args.seed)
 
-    print("training attention sampling ...", flush=True)
-    ats = MegapixelATS()
-    ats_log = train(
-        "ats", ats, data, args.batch_size, args.max_epochs, 60 * args.ats_budget_min, args.seed
-    )
-    print("training the low-res CNN ...", flush=True)
-    cnn = LowResCNN()
-    cnn_log = train(
-        "cnn", cnn, data, args.batch_size, args.max_epochs, 60 * args.cnn_budget_min, args.seed
-    )
-    if not args.quick:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": ats.state_dict()}, CACHE / "megapixel_mnist_ats.pt")
-        torch.save({"state_dict": cnn.state_dict()}, CACHE / "megapixel_mnist_cnn.pt")
+    ats, cnn = MegapixelATS(), LowResCNN()
+    saved = CACHE / "megapixel_mnist_trained.pt"
+    if args.eval_only:  # reuse the models (and logs) of the last full run
+        state = torch.load(saved, weights_only=True)
+        ats.load_state_dict(state["ats"])
+        cnn.load_state_dict(state["cnn"])
+        ats_log, cnn_log = (
+            TrainLog(**json.loads(state["ats_log"])),
+            TrainLog(**json.loads(state["cnn_log"])),
+        )
+    else:
+        print("training attention sampling ...", flush=True)
+        ats_log = train(
+            "ats", ats, data, args.batch_size, args.max_epochs, 60 * args.ats_budget_min, args.seed
+        )
+        print("training the low-res CNN ...", flush=True)
+        cnn_log = train(
+            "cnn", cnn, data, args.batch_size, args.max_epochs, 60 * args.cnn_budget_min, args.seed
+        )
+        if not args.quick:
+            CACHE.mkdir(parents=True, exist_ok=True)
+            state = {
+                "ats": ats.state_dict(),
+                "cnn": cnn.state_dict(),
+                "ats_log": json.dumps(asdict(ats_log)),
+                "cnn_log": json.dumps(asdict(cnn_log)),
+            }
+            torch.save(state, saved)
 
     print("evaluating ...", flush=True)
     eval_ns = [int(v) for v in args.eval_patches.split(",")]
@@ -451,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     costs["cnn-full"] = measure_in_subprocess("cnn-full", 2 if args.quick else 4)
 
     lines = report(args, data, ats_log, cnn_log, ats_error, cnn_error, curve, costs)
+    lines.insert(
+        2,
+        f"machine load (1-min load average, 2 cores shared with other work): "
+        f"{load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at the end",
+    )
     text = "\n".join(lines) + f"\n(total wall time {time.perf_counter() - t_start:.0f} s)\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

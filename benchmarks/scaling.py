@@ -280,6 +280,8 @@ def report(rows: list[dict], args, gen_times: dict, t_total: float) -> list[str]
         f"N = {first['n_patches']} tiles x {first['n_draws']} draws, 64 x 64 px tiles at level 0",
         f"slides: synthetic pyramidal TIFF (JPEG q90, 256 px tiles), spot diameter {SPOT_DIAMETER} px; "
         f"ATS time = median of {args.repeats} warm runs",
+        f"machine load (1-min load average, 2 cores shared with other work): {args.load_start:.1f} at "
+        f"start, {os.getloadavg()[0]:.1f} at the end",
         "",
         f"{'size':>5} {'file MB':>8} {'tissue tiles':>12} {'ATS s':>7} {'x 8k':>5} {'1st s':>6} "
         f"{'tiles':>6} {'decoded MB':>10} {'read() MB':>9} {'RSS MB':>13} {'dense s':>9} "
@@ -386,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
     t_start = time.perf_counter()
+    args.load_start = os.getloadavg()[0]
     gen_times: dict[int, float] = {}
     rows: list[dict] = []
     budget_left = args.dense_budget_s
