@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from distributed import Client
+from distributed import Client, get_task_stream
 
 from wsi_ats.inference import predict_slide
 from wsi_ats.models import PipelineConfig, build_model, load_model, save_checkpoint
 from wsi_ats.pipeline import predict_cohort
-from wsi_ats.pipeline.cohort import ProgressEvent
+from wsi_ats.pipeline.cluster import workers_have_gpu
+from wsi_ats.pipeline.cohort import ProgressEvent, RunSettingsError
 from wsi_ats.pipeline.manifest import load_manifest
 from wsi_ats.pipeline.paths import slide_dir
 from wsi_ats.pipeline.state import COLUMNS, read_log
@@ -65,8 +66,9 @@ class Cluster:
         )
         self.workers: list[subprocess.Popen] = []
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, extra: list[str] | None = None) -> subprocess.Popen:
         args = [BIN / "dask", "worker", self.address, "--nworkers", "1", "--nthreads", "1"]
+        args += extra or []
         args += ["--host", "127.0.0.1", "--no-nanny", "--no-dashboard"]
         args += ["--local-directory", str(self.tmp / "dask-scratch"), "--death-timeout", "60"]
         proc = subprocess.Popen(
@@ -149,6 +151,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "faulty": manifest("faulty.csv", [*faults, (EVIL_ID, str(good.parent / first["path"]))], 5),
         "good": manifest("good.csv", [], N_GOOD),
         "small_faulty": manifest("small.csv", faults, 2),
+        "two": manifest("two.csv", [], 2),
     }
 
 
@@ -277,6 +280,8 @@ def test_killed_run_restarts_only_missing(
     after = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("slides/*/prediction.json")}
     assert len(after) == N_GOOD and all(after[k] == v for k, v in before.items())
     _assert_matches_single_process(out, cohort["good"], cohort["model"])
+    with pytest.raises(RunSettingsError, match="n_draws"):  # resuming with other settings: refused
+        predict_cohort(cohort["good"], cohort["model"], out, client=client, n_draws=N_DRAWS + 1)
 
 
 def test_cli_exit_status_and_summary_on_failures(
@@ -304,3 +309,38 @@ def test_cli_rejects_invalid_manifest_before_compute(
                      "label must be 0 or 1", "line 4: ?: empty slide_id"):  # fmt: skip
         assert expected in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()  # nothing computed, nothing written
+
+
+def test_feature_stage_goes_to_gpu_workers(
+    cluster: Cluster, client: Client, cohort: dict[str, Path], tmp_path: Path
+) -> None:
+    """A worker declaring ``--resources GPU=1`` gets every feature task (CPU torch here)."""
+    assert not workers_have_gpu(client)
+    gpu = cluster.start_worker(["--resources", "GPU=1"])
+    try:
+        client.wait_for_workers(3, timeout=90)
+        assert workers_have_gpu(client)
+        gpu_address = next(
+            a for a, w in client.scheduler_info()["workers"].items() if w["resources"]
+        )
+        with get_task_stream(client) as stream:
+            df = predict_cohort(cohort["two"], cohort["model"], tmp_path / "out", client=client)
+        assert (df["status"] == "ok").all()
+        where = {t["key"]: t["worker"] for t in stream.data}
+        features = [w for k, w in where.items() if str(k).startswith("features-")]
+        assert features and set(features) == {gpu_address}
+        assert {w for k, w in where.items() if str(k).startswith("view-")} <= set(
+            client.scheduler_info()["workers"]
+        )
+    finally:
+        gpu.terminate()
+        gpu.wait(timeout=30)
+
+
+def test_local_cluster_and_in_memory_model(cohort: dict[str, Path], tmp_path: Path) -> None:
+    """No client: a LocalCluster sized to the machine; a model object is scattered, not a path."""
+    model = load_model(cohort["model"])
+    out = tmp_path / "out"
+    df = predict_cohort(cohort["two"], model, out)
+    assert (df["status"] == "ok").all() and len(df) == 2
+    _assert_matches_single_process(out, cohort["two"], cohort["model"])
