@@ -48,11 +48,19 @@ def _worker_threads() -> int:
         return max(1, torch.get_num_threads())
 
 
+@functools.lru_cache(maxsize=1)
+def _set_torch_threads() -> int:
+    """Once per process: torch intra-op threads = the worker's task threads (no oversubscription)."""
+    n = _worker_threads()
+    torch.set_num_threads(n)
+    return n
+
+
 @functools.lru_cache(maxsize=2)
 def _load_cached(path: str, stamp: tuple[int, int]) -> torch.nn.Module:
     from wsi_ats.models import load_model
 
-    torch.set_num_threads(_worker_threads())
+    _set_torch_threads()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return load_model(path, map_location=device).eval()
 
@@ -61,6 +69,7 @@ def resolve_model(model: Any) -> Any:
     """The model object for a task: loads (once per process) a :class:`ModelRef`, passes others."""
     if isinstance(model, ModelRef):
         return _load_cached(model.path, model.stamp)
+    _set_torch_threads()
     return model
 
 
