@@ -87,7 +87,10 @@ def _check_run_settings(out: Path, settings: dict[str, Any]) -> None:
     path = out / RUN_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        keys = ["seed", "n_draws"] + (["model"] if settings["model"].startswith("sha256") else [])
+        both_files = all(
+            str(m).startswith("sha256:") for m in (old.get("model"), settings["model"])
+        )
+        keys = ["seed", "n_draws"] + (["model"] if both_files else [])  # in-memory: not comparable
         diff = [k for k in keys if old.get(k) != settings[k]]
         if diff:
             details = ", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in diff)
