@@ -127,3 +127,23 @@ def test_state_rows_and_atomic_csv(tmp_path: Path) -> None:
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     err = json.loads((slide_dir(out, "bad") / "error.json").read_text())
     assert err["stage"] == "view" and err["status"] == "error"
+
+
+def test_error_format_and_summary_line(tmp_path: Path) -> None:
+    from wsi_ats.pipeline.cohort import format_error, summary_line
+
+    assert format_error(OSError("disk gone"), "/d/s.tiff") == "OSError: disk gone (/d/s.tiff)"
+    named = format_error(ValueError("bad level in /d/s.tiff"), "/d/s.tiff")
+    assert named == "ValueError: bad level in /d/s.tiff"
+    out = tmp_path / "out"
+    atomic_write_json(
+        slide_dir(out, "a") / PREDICTION_FILE,
+        {"probability": 0.2, "prediction": 0, "std": 0.01, "n_patches": 8},
+    )
+    write_error(out, "b", "SlideOpenError: /d/b.tiff: not a slide")
+    df = collect_predictions(out, ["a", "b"])
+    df.attrs.update(computed=["a"], failed=["b"], skipped=[])
+    line = summary_line(df)
+    assert "\n" not in line
+    assert line.startswith("2 slides: 1 ok, 1 failed (2 computed by this run, 0 already finished)")
+    assert "first failure b: SlideOpenError: /d/b.tiff" in line
