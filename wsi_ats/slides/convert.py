@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -126,17 +125,12 @@ def _convert(
                     block = area_reduce(src.transpose(1, 2, 0), 2)
                 arr[:, y : y + ch, x : x + cw] = block.transpose(2, 0, 1)
 
-            for _ in pool.map(task, _chunk_origins(h, w, chunk)):
-                bar.update(1)
+            for y in range(0, h, chunk):  # one chunk row at a time: bounded pending work
+                for _ in pool.map(task, [(y, x) for x in range(0, w, chunk)]):
+                    bar.update(1)
     mpp = slide.mpp
     attrs = ngff_attributes(dst.stem, levels, mpp, ngff_version)
     group.attrs.update(attrs)
-
-
-def _chunk_origins(h: int, w: int, chunk: int) -> Iterator[tuple[int, int]]:
-    for y in range(0, h, chunk):
-        for x in range(0, w, chunk):
-            yield (y, x)
 
 
 def _array_kwargs(

@@ -63,6 +63,7 @@ class OpenSlideSlide(Slide):
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self.read_threads = READ_THREADS  # threads of read_regions; 1 reads serially
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
@@ -106,7 +107,7 @@ class OpenSlideSlide(Slide):
         locs = _as_locations(locations)
         w, h = _as_size(size)
         out = np.empty((len(locs), h, w, 3), dtype=np.uint8)
-        if len(locs) <= 1:
+        if len(locs) <= 1 or self.read_threads <= 1:
             for i, (x, y) in enumerate(locs):
                 out[i] = self.read_region((int(x), int(y)), level, (w, h))
             return out

@@ -51,6 +51,7 @@ class OmeZarrSlide(Slide):
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self.read_threads = READ_THREADS  # threads of read_regions; 1 reads serially
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
@@ -133,7 +134,7 @@ class OmeZarrSlide(Slide):
                 )
 
     def _fetch_many(self, level: int, keys: list[_Key]) -> list[np.ndarray]:
-        if len(keys) <= 1:
+        if len(keys) <= 1 or self.read_threads <= 1:
             return [self._fetch(level, k) for k in keys]
         return list(self._executor().map(lambda k: self._fetch(level, k), keys))
 
@@ -163,7 +164,9 @@ class OmeZarrSlide(Slide):
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="wsi-ats-zarr")
+                self._pool = ThreadPoolExecutor(
+                    self.read_threads, thread_name_prefix="wsi-ats-zarr"
+                )
             return self._pool
 
     def close(self) -> None:
