@@ -85,7 +85,7 @@ def periodic_noise(rng: np.random.Generator, side: int, scale: float) -> np.ndar
 def _stroma(rng: np.random.Generator, side: int) -> np.ndarray:
     shade = periodic_noise(rng, side, 64.0)
     fibres = periodic_noise(rng, side, 3.0)
-    img = STROMA_COLOUR[None, None, :] + shade[..., None] * 9.0 + fibres[..., None] * 5.0
+    img = STROMA_COLOUR[None, None, :] + shade[..., None] * 4.0 + fibres[..., None] * 5.0
     n_nuclei = side * side // 600
     yy, xx = np.mgrid[-5:6, -5:6]
     for cy, cx, ry, rx, dark in zip(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_ats.synth.render import level_shapes
 from wsi_ats.synth.slide import DEFAULT_MPP, slide_layout, write_synthetic_slide
 
 GENERATOR_VERSION = 1  # bump when the pixels change, to invalidate cached cohorts
@@ -95,7 +96,8 @@ def _write_one(job: dict) -> dict:
         truth = write_synthetic_slide(tiff, **job["kwargs"])
         tmp_zarr = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp_zarr, ignore_errors=True)
-        convert_to_ome_zarr(tiff, tmp_zarr)
+        w, h = job["kwargs"]["size"]
+        convert_to_ome_zarr(tiff, tmp_zarr, levels=len(level_shapes(w, h)), threads=1)
         os.replace(tmp_zarr, out)
         tiff.unlink()
     else:

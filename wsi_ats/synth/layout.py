@@ -17,6 +17,7 @@ TISSUE_COVERAGE = (0.25, 0.40)  # fraction of the slide area
 SPOT_COUNT = (3, 8)  # candidate spots per slide, inclusive, same for both labels
 MALIGNANT_COUNT = (1, 2)  # malignant spots on a positive slide, inclusive
 DEFAULT_SPOT_FRACTION = 0.015  # default spot diameter, as a fraction of the slide's shorter side
+SHADING_AMPLITUDE = 0.05  # relative std of the slide-wide stroma brightness (spots are not shaded)
 _GRID = 256  # coarse grid used to pick the threshold and spot candidates
 
 
@@ -53,13 +54,23 @@ class Layout:
     threshold: float
     tissue_fraction: float  # of the slide area, estimated on a 256 x 256 grid
     spots: tuple[Spot, ...] = field(default=())
+    waves: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # amp, kx, ky, phase
+
+    def shading(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Stroma brightness factor on the grid ``ys x xs`` (level-0 px): ``1 + sum_j amp_j
+        cos(kx_j x + ky_j y + phase_j)``, ``[len(ys), len(xs)]``; smooth over the whole slide."""
+        out = np.ones((len(ys), len(xs)))
+        for amp, kx, ky, phase in self.waves:
+            ax, by = kx * xs, ky * ys + phase
+            out += amp * (np.outer(np.cos(by), np.cos(ax)) - np.outer(np.sin(by), np.sin(ax)))
+        return out
 
     def field_1d(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """Tissue field on the grid ``ys x xs`` (level-0 px): ``[len(ys), len(xs)]``."""
         amp, cx, cy, sx, sy = self.blobs.T
         gx = np.exp(-((xs[None, :] - cx[:, None]) ** 2) / (2 * sx[:, None] ** 2))
         gy = np.exp(-((ys[None, :] - cy[:, None]) ** 2) / (2 * sy[:, None] ** 2))
-        return np.einsum("n,ny,nx->yx", amp, gy, gx, optimize=True)
+        return (gy * amp[:, None]).T @ gx
 
     def field_at(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """Tissue field at the points ``(xs[i], ys[i])``."""
@@ -67,12 +78,17 @@ class Layout:
         e = ((xs[:, None] - cx) / sx) ** 2 + ((ys[:, None] - cy) / sy) ** 2
         return np.exp(-0.5 * e) @ amp
 
-    def field_bound(self, x0: float, x1: float, y0: float, y1: float) -> float:
-        """Upper bound of the field on the rectangle ``[x0, x1] x [y0, y1]``: exact per blob."""
+    def field_bounds(self, x0: float, x1: float, y0: float, y1: float) -> tuple[float, float]:
+        """Lower and upper bounds of the field on the rectangle ``[x0, x1] x [y0, y1]`` (each blob's
+        minimum and maximum there, summed)."""
         amp, cx, cy, sx, sy = self.blobs.T
         dx = np.maximum(0.0, np.maximum(x0 - cx, cx - x1))
         dy = np.maximum(0.0, np.maximum(y0 - cy, cy - y1))
-        return float(np.sum(amp * np.exp(-0.5 * ((dx / sx) ** 2 + (dy / sy) ** 2))))
+        upper = np.sum(amp * np.exp(-0.5 * ((dx / sx) ** 2 + (dy / sy) ** 2)))
+        fx = np.maximum(np.abs(x0 - cx), np.abs(x1 - cx))
+        fy = np.maximum(np.abs(y0 - cy), np.abs(y1 - cy))
+        lower = np.sum(amp * np.exp(-0.5 * ((fx / sx) ** 2 + (fy / sy) ** 2)))
+        return float(lower), float(upper)
 
     @property
     def lesion_fraction(self) -> float:
@@ -185,6 +201,19 @@ def make_layout(
             f"could not place {n_spots} spots of diameter {diameter:.0f} px in the tissue of a "
             f"{width} x {height} slide (seed {seed})"
         )
+    wave_rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5AADE]))
+    n_waves = 3
+    angle = wave_rng.uniform(0, 2 * np.pi, n_waves)
+    k = 2 * np.pi / (wave_rng.uniform(0.2, 0.6, n_waves) * side)  # wavelength 20-60% of the side
+    waves = np.stack(
+        [
+            np.full(n_waves, SHADING_AMPLITUDE / np.sqrt(n_waves)),
+            k * np.cos(angle),
+            k * np.sin(angle),
+            wave_rng.uniform(0, 2 * np.pi, n_waves),
+        ],
+        axis=1,
+    )
     n_malignant = int(rng.integers(MALIGNANT_COUNT[0], MALIGNANT_COUNT[1] + 1))
     malignant = (
         set(rng.choice(n_spots, size=n_malignant, replace=False).tolist()) if label else set()
@@ -193,4 +222,4 @@ def make_layout(
         Spot("malignant" if i in malignant else "benign", cx, cy, radius)
         for i, (cx, cy) in enumerate(centres)
     )
-    return Layout(width, height, label, blob_arr, threshold, layout.tissue_fraction, spots)
+    return Layout(width, height, label, blob_arr, threshold, layout.tissue_fraction, spots, waves)

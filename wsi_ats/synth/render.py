@@ -40,9 +40,13 @@ def render_tile(
     x = col * tile + np.arange(tile)
     yc = (y + 0.5) * ds  # pixel centres, level-0 px
     xc = (x + 0.5) * ds
-    if layout.field_bound(xc[0], xc[-1], yc[0], yc[-1]) < layout.threshold:
+    lower, upper = layout.field_bounds(xc[0], xc[-1], yc[0], yc[-1])
+    if upper < layout.threshold:
         return None
-    tissue = layout.field_1d(xc, yc) >= layout.threshold
+    if lower >= layout.threshold:  # all tissue
+        tissue = np.ones((tile, tile), dtype=bool)
+    else:
+        tissue = layout.field_1d(xc, yc) >= layout.threshold
     tissue &= (yc < layout.height)[:, None] & (xc < layout.width)[None, :]
     if not tissue.any():
         return None
@@ -53,7 +57,8 @@ def render_tile(
         side = atlas.shape[0]
         return atlas[np.ix_(y % side, x % side)]
 
-    out[tissue] = texture(atlases.stroma.level(level))[tissue]
+    stroma = texture(atlases.stroma.level(level)) * layout.shading(xc, yc)[..., None]
+    out[tissue] = np.clip(np.rint(stroma[tissue]), 0, 255)
     x0, x1, y0, y1 = xc[0], xc[-1], yc[0], yc[-1]
     for spot in layout.spots:
         r = spot.radius

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
 from wsi_ats.synth.atlas import build_atlases
 from wsi_ats.synth.layout import Layout, Spot, make_layout, truth_dict
@@ -112,13 +113,15 @@ def write_synthetic_slide(
                 tile_callback(256)  # type: ignore[operator]
             yield t
 
-    write_pyramid(
-        path,
-        shapes,
-        tiles,
-        mpp=mpp,
-        blank=tuple(int(c) for c in BACKGROUND),
-        compression=compression,
-        quality=quality,
-    )
+    # the per-tile products are tiny: BLAS threads only contend (a cohort uses processes instead)
+    with threadpool_limits(1):
+        write_pyramid(
+            path,
+            shapes,
+            tiles,
+            mpp=mpp,
+            blank=tuple(int(c) for c in BACKGROUND),
+            compression=compression,
+            quality=quality,
+        )
     return make_truth(path, layout, seed, mpp)
