@@ -59,11 +59,12 @@ class Layout:
     def shading(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """Stroma brightness factor on the grid ``ys x xs`` (level-0 px): ``1 + sum_j amp_j
         cos(kx_j x + ky_j y + phase_j)``, ``[len(ys), len(xs)]``; smooth over the whole slide."""
-        out = np.ones((len(ys), len(xs)))
-        for amp, kx, ky, phase in self.waves:
-            ax, by = kx * xs, ky * ys + phase
-            out += amp * (np.outer(np.cos(by), np.cos(ax)) - np.outer(np.sin(by), np.sin(ax)))
-        return out
+        amp, kx, ky, phase = self.waves.T
+        ax = np.outer(kx, xs)  # cos(a + b) = cos a cos b - sin a sin b: one small product
+        by = np.outer(ky, ys) + phase[:, None]
+        left = np.concatenate([np.cos(by), np.sin(by)]).T
+        right = np.concatenate([amp[:, None] * np.cos(ax), -amp[:, None] * np.sin(ax)])
+        return 1.0 + left @ right
 
     def field_1d(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """Tissue field on the grid ``ys x xs`` (level-0 px): ``[len(ys), len(xs)]``."""

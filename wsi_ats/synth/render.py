@@ -50,15 +50,15 @@ def render_tile(
     tissue &= (yc < layout.height)[:, None] & (xc < layout.width)[None, :]
     if not tissue.any():
         return None
-    out = np.empty((tile, tile, 3), dtype=np.uint8)
-    out[:] = BACKGROUND
-
-    def texture(atlas: np.ndarray) -> np.ndarray:
-        side = atlas.shape[0]
-        return atlas[np.ix_(y % side, x % side)]
-
-    stroma = texture(atlases.stroma.level(level)) * layout.shading(xc, yc)[..., None]
-    out[tissue] = np.clip(np.rint(stroma[tissue]), 0, 255)
+    shade = layout.shading(xc, yc).astype(np.float32)[..., None]
+    stroma = texture(atlases.stroma.level(level), row, col, tile) * shade
+    stroma = np.clip(stroma + 0.5, 0, 255).astype(np.uint8)  # round half up
+    if tissue.all():
+        out = stroma
+    else:
+        out = np.empty((tile, tile, 3), dtype=np.uint8)
+        out[:] = BACKGROUND
+        out[tissue] = stroma[tissue]
     x0, x1, y0, y1 = xc[0], xc[-1], yc[0], yc[-1]
     for spot in layout.spots:
         r = spot.radius
@@ -67,8 +67,19 @@ def render_tile(
         disc = ((xc[None, :] - spot.cx) ** 2 + (yc[:, None] - spot.cy) ** 2) <= r * r
         if disc.any():
             pyramid = atlases.malignant if spot.kind == "malignant" else atlases.benign
-            out[disc] = texture(pyramid.level(level))[disc]
+            out[disc] = texture(pyramid.level(level), row, col, tile)[disc]
     return out
+
+
+def texture(atlas: np.ndarray, row: int, col: int, tile: int = 256) -> np.ndarray:
+    """The ``[tile, tile, 3]`` window of a periodic atlas at tile ``(row, col)`` (wrapping)."""
+    side = atlas.shape[0]
+    if side % tile == 0:  # a plain slice: tiles start at multiples of ``tile``
+        y0, x0 = (row * tile) % side, (col * tile) % side
+        return atlas[y0 : y0 + tile, x0 : x0 + tile]
+    y = (row * tile + np.arange(tile)) % side
+    x = (col * tile + np.arange(tile)) % side
+    return atlas[np.ix_(y, x)]
 
 
 def iter_level_tiles(
