@@ -114,3 +114,12 @@ def test_zarr_cohort_opens_with_the_same_pyramid(tmp_path: Path) -> None:
         assert s.level_dimensions[:2] == ((1024, 1024), (512, 512))
         assert s.mpp == pytest.approx((0.5, 0.5))
     assert not list((tmp_path / "slides").glob("*.tiff*"))
+
+
+def test_synth_command_reports_spots_that_do_not_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["synth", str(tmp_path), "--n-slides", "1", "--size", "512", "--spot-diameter", "400"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "could not place" in err and "slide_0000.tiff" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,18 +43,22 @@ def run(args: argparse.Namespace) -> int:
     from wsi_ats.synth import make_cohort
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    manifest = make_cohort(
-        args.out_dir,
-        n_slides=args.n_slides,
-        size=args.size,
-        seed=args.seed,
-        positive_fraction=args.positive_fraction,
-        fmt=args.format,
-        compression=args.compression,
-        workers=args.workers,
-        spot_diameter=args.spot_diameter,
-        mpp=args.mpp,
-        progress=True,
-    )
+    try:
+        manifest = make_cohort(
+            args.out_dir,
+            n_slides=args.n_slides,
+            size=args.size,
+            seed=args.seed,
+            positive_fraction=args.positive_fraction,
+            fmt=args.format,
+            compression=args.compression,
+            workers=args.workers,
+            spot_diameter=args.spot_diameter,
+            mpp=args.mpp,
+            progress=True,
+        )
+    except ValueError as exc:  # bad parameters, or spots that do not fit (SynthError)
+        print(f"wsi-ats synth: error: {exc}", file=sys.stderr)
+        return 2
     print(manifest)
     return 0

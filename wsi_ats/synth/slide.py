@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
 from wsi_ats.synth.atlas import build_atlases
-from wsi_ats.synth.layout import Layout, Spot, make_layout, truth_dict
+from wsi_ats.synth.layout import Layout, Spot, SynthError, make_layout, truth_dict
 from wsi_ats.synth.render import BACKGROUND, iter_level_tiles, level_shapes
 from wsi_ats.synth.tiff_writer import write_pyramid
 
@@ -92,7 +92,7 @@ def write_synthetic_slide(
     compression: str = "jpeg",
     quality: int = 90,
     texture_seed: int = 0,
-    tile_callback: object = None,
+    tile_callback: Callable[[int], None] | None = None,
 ) -> SlideTruth:
     """Write a tiled pyramidal TIFF of ``size`` (int or ``(width, height)``, level-0 px).
 
@@ -101,7 +101,10 @@ def write_synthetic_slide(
     shorter side). ``tile_callback(n)``, if given, is called after every ``n`` tiles written (for
     progress bars). Memory is bounded by a tile and the texture atlases, whatever the size.
     """
-    layout = slide_layout(size, seed, label, spot_diameter)
+    try:
+        layout = slide_layout(size, seed, label, spot_diameter)
+    except SynthError as exc:
+        raise SynthError(f"{path}: {exc}") from exc
     atlases = build_atlases(texture_seed)
     shapes = level_shapes(layout.width, layout.height)
 
@@ -110,7 +113,7 @@ def write_synthetic_slide(
             logger.info("%s: level %d (%d x %d px)", path, level, *shapes[level][::-1])
         for i, t in enumerate(iter_level_tiles(layout, atlases, level)):
             if tile_callback is not None and i % 256 == 255:
-                tile_callback(256)  # type: ignore[operator]
+                tile_callback(256)
             yield t
 
     # the per-tile products are tiny: BLAS threads only contend (a cohort uses processes instead)
