@@ -1,19 +1,27 @@
-"""Synthetic cohorts of tiled pyramidal TIFF slides with known lesions.
+"""Synthetic cohorts of tiled pyramidal TIFF slides with known lesions (``wsi-ats synth``).
 
 Scales, in level-0 pixels (default mpp 0.5 um/px), so that models can pick patch sizes and levels:
 
-- slide: ``size`` px a side; pyramid levels at downsample 1, 2, 4, ... down to <= 512 px a side;
-  tiles 256 x 256, JPEG quality 90 (or zlib, lossless).
-- tissue: 2-4 clusters of smooth blobs covering 25-40% of the slide; pink stroma texture with
-  shading (~64 px) and sparse nuclei (radius 2-4 px); the textures repeat every 1024 px.
-- candidate spots: 3-8 discs per slide (both labels), diameter ``spot_diameter`` (default 1.5% of
-  the shorter side: 246 px at 16k, i.e. ~15 px in a 1024 px view), darker purple, wholly in tissue.
-- benign spot: mean colour (146, 92, 172) with fine grain (std ~5, 1-2 px).
-- malignant spot (1-2 on positive slides): the benign texture plus a lattice of dark nuclei with a
-  period of 8 px (dots ~4.5 px across), whose offsets sum to zero in every 8 x 8 cell: pyramid levels
-  at downsample >= 8 are pixel-identical to benign spots; only levels 0-2 (downsample 1, 2, 4)
-  show the difference. Read patches at level 0 or 1.
-- all spots cover well under 1% of the tissue (``lesion_fraction_of_tissue`` in the ground truth).
+- slide: ``size`` px a side; levels at downsample 1, 2, 4, ... down to <= 512 px a side; tiles
+  256 x 256, JPEG quality 90 (YCbCr 2x2) or zlib (lossless); background (240, 240, 238).
+- tissue: 2-4 clusters of smooth blobs covering 25-40% of the slide; pink stroma with sparse nuclei
+  (radius 2-4 px, ~1 per 600 px^2), fine fibres (~3 px), shading (~64 px) and a slide-wide
+  brightness variation (+-5%, wavelengths 20-60% of the side); the texture repeats every 1024 px.
+- candidate spots: 3-8 discs per slide whatever the label, diameter ``spot_diameter`` (default 1.5% of
+  the shorter side: 246 px at 16k, i.e. ~15 px in a 1024 px view), darker purple, wholly in tissue,
+  never overlapping. Same seed, other label: same tissue and spots, only the kinds change.
+- benign spot: mean colour (146, 92, 172) with a fine grain (std ~5 grey levels, 1-2 px).
+- malignant spot (1-2 per positive slide): the benign texture plus a lattice of dark nuclei with an
+  8 px period (dots of 16 px, ~4.5 px across, jittered in their cell) whose offsets sum to zero in
+  every 8 x 8 cell: at downsample >= 8 malignant spots are pixel-identical to benign ones, so only
+  levels 0-2 (downsample 1, 2, 4) tell them apart. Read patches at level 0 or 1 (>= 32 px).
+- all spots cover well under 1% of the tissue at the default diameter (0.1-0.6%; see
+  ``lesion_fraction_of_tissue`` and ``malignant_fraction_of_tissue`` in the ground truth).
+
+Outputs of :func:`make_cohort` (see :mod:`wsi_ats.synth.cohort`): ``manifest.csv``
+(``slide_id,path,label,split``, paths relative to the manifest's folder), ``ground_truth.json``
+(per slide: label, size, fractions and spots with ``kind`` and level-0 boxes ``x, y, w, h``) and
+``cohort.json`` (parameters; the same parameters reuse the cohort).
 """
 
 from wsi_ats.synth.cohort import make_cohort, slide_seed
