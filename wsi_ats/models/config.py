@@ -44,6 +44,7 @@ class AttentionConfig:
     width: int = 16  # channels of its convolutions
     depth: int = 3  # number of 3x3 convolutions (>= 1)
     map_stride: int = 2  # low-res pixels per attention cell along each axis (1, 2, 4 or 8)
+    prior: float = 0.0  # strength of the stain-density prior added to the logits (0 = none)
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,7 @@ def _validate(cfg: PipelineConfig) -> None:
         (cfg.slide.patch_size >= 8, "slide.patch_size must be >= 8"),
         (cfg.attention.width >= 1, "attention.width must be >= 1"),
         (cfg.attention.depth >= 1, "attention.depth must be >= 1"),
+        (cfg.attention.prior >= 0, "attention.prior must be >= 0"),
         (cfg.attention.map_stride in (1, 2, 4, 8), "attention.map_stride must be 1, 2, 4 or 8"),
         (
             cfg.features.backbone == "compact" or cfg.features.backbone.startswith("timm:"),

@@ -40,7 +40,7 @@ class CompactCNN(nn.Module):
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.body(x - 0.5)
+        h = self.body((x - 0.5) * 4.0)  # pixels roughly zero-mean, unit-scale
         pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
         f = self.proj(pooled)
         return nn.functional.normalize(f, dim=1) if self.normalize else f

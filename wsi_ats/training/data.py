@@ -1,0 +1,124 @@
+"""Training data: labelled slides from a manifest, their low-res views cached in memory, and a pool
+of threads that reads tiles (and views) in the background.
+
+Only the low-res view and tissue mask of each slide stay in memory (a few hundred KB each); high-res
+tiles are read on demand, ``N`` per slide and step, from slide handles kept open for the run.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsi_ats.inference.stages import SlideView, read_tiles, view_of
+from wsi_ats.models import PipelineConfig
+from wsi_ats.pipeline.manifest import load_manifest
+from wsi_ats.slides import Slide, open_slide
+
+
+@dataclass(frozen=True)
+class LabelledSlide:
+    """One slide of the cohort: id, absolute path (or URL), label 0/1, split name."""
+
+    slide_id: str
+    path: str
+    label: int
+    split: str
+
+
+def read_cohort(manifest: str | Path) -> list[LabelledSlide]:
+    """Labelled slides of ``manifest`` (validated; every row needs a label and a readable path)."""
+    parsed = load_manifest(manifest, require_label=True, on_missing="fail")
+    return [
+        LabelledSlide(e.slide_id, e.path, int(e.label), (e.split or "train").strip().lower())
+        for e in parsed
+    ]
+
+
+def split_cohort(
+    slides: list[LabelledSlide], val_fraction: float, seed: int
+) -> tuple[list[LabelledSlide], list[LabelledSlide]]:
+    """``(train, val)``: the manifest's ``train`` and ``val`` rows; without ``val`` rows, a seeded,
+    label-stratified ``val_fraction`` of the train rows (the train rows themselves when it is 0).
+    Rows of any other split (``test``...) are never used for training."""
+    train = [s for s in slides if s.split == "train"]
+    val = [s for s in slides if s.split in ("val", "valid", "validation")]
+    if not train:
+        raise ValueError("the manifest has no rows with split 'train' (or an empty split)")
+    if val:
+        return train, val
+    if val_fraction <= 0:
+        return train, list(train)
+    rng = np.random.default_rng(seed)
+    held: set[str] = set()
+    for label in (0, 1):
+        ids = [s.slide_id for s in train if s.label == label]
+        k = int(round(len(ids) * val_fraction))
+        if len(ids) > 1 and k >= 1:
+            held.update(rng.choice(ids, size=min(k, len(ids) - 1), replace=False).tolist())
+    return [s for s in train if s.slide_id not in held], [s for s in train if s.slide_id in held]
+
+
+class SlideStore:
+    """Open slide handles and cached low-res views of a run, plus the background reader pool.
+
+    ``view(slide)`` computes a :class:`SlideView` once and keeps it; ``prefetch_views`` computes the
+    views of upcoming slides in the pool; ``submit_tiles`` reads tiles in the pool and returns a
+    ``Future`` of ``uint8[n, h, w, 3]``. Backends are safe for concurrent reads.
+    """
+
+    def __init__(self, config: PipelineConfig, workers: int) -> None:
+        self.config = config
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-ats-read")
+        self._lock = threading.Lock()
+        self._handles: dict[str, Slide] = {}
+        self._views: dict[str, Future[SlideView]] = {}
+
+    def handle(self, path: str) -> Slide:
+        with self._lock:
+            slide = self._handles.get(path)
+            if slide is None:
+                slide = self._handles[path] = open_slide(path)
+            return slide
+
+    def _compute_view(self, slide: LabelledSlide) -> SlideView:
+        return view_of(self.handle(slide.path), self.config, slide.slide_id)
+
+    def _view_future(self, slide: LabelledSlide) -> Future[SlideView]:
+        with self._lock:
+            fut = self._views.get(slide.slide_id)
+            if fut is None:
+                fut = self._views[slide.slide_id] = self.pool.submit(self._compute_view, slide)
+            return fut
+
+    def prefetch_views(self, slides: list[LabelledSlide]) -> None:
+        """Start computing the views of ``slides`` in the background (no-op for cached ones)."""
+        for s in slides:
+            self._view_future(s)
+
+    def view(self, slide: LabelledSlide) -> SlideView:
+        """The slide's cached :class:`SlideView` (computed now if not prefetched)."""
+        return self._view_future(slide).result()
+
+    def submit_tiles(
+        self, path: str, locations: np.ndarray, level: int, size: tuple[int, int]
+    ) -> Future[np.ndarray]:
+        """Read tiles at level-0 ``locations`` ``[n, 2]`` (x, y) in the background."""
+        return self.pool.submit(lambda: read_tiles(self.handle(path), locations, level, size))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for slide in self._handles.values():
+                slide.close()
+            self._handles.clear()
+
+    def __enter__(self) -> SlideStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,259 @@
+"""The training loop: epochs of attention-sampling steps, validation AUC, checkpoints, resume.
+
+Run folder layout: ``model.pt`` (best validation AUC so far), ``last.pt`` (latest epoch, with the
+optimiser state, for ``--resume``), ``config.json`` and ``history.csv`` (one row per epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from wsi_ats.inference.stages import aggregate_slide, sample_slide, tile_features
+from wsi_ats.models import (
+    CheckpointError,
+    PipelineConfig,
+    SlideClassifier,
+    build_model,
+    read_checkpoint,
+    save_checkpoint,
+)
+from wsi_ats.models.checkpoint import check_state_dict
+from wsi_ats.training.data import LabelledSlide, SlideStore, read_cohort, split_cohort
+from wsi_ats.training.step import train_step
+
+HISTORY_FIELDS = [
+    "epoch",
+    "train_loss",
+    "train_auc",
+    "val_loss",
+    "val_auc",
+    "tiles_per_s",
+    "seconds",
+]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_path: Path  # best checkpoint
+    best_epoch: int
+    best_val_auc: float
+    epochs_done: int
+    history: list[dict] = field(default_factory=list)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s shuffling and sampling (so a resumed run draws what it would have)."""
+    digest = hashlib.sha256(f"train\x00{seed}\x00{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def safe_auc(labels: list[int], probs: list[float]) -> float:
+    """ROC AUC, or NaN when only one class is present."""
+    if len(set(labels)) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, probs))
+
+
+def bce(labels: list[int], probs: list[float]) -> float:
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(y) else float("nan")
+
+
+def evaluate(
+    model: SlideClassifier, store: SlideStore, slides: list[LabelledSlide], n_draws: int, seed: int
+) -> tuple[list[float], list[int]]:
+    """Mean probability over ``n_draws`` draws of every slide (reads of all slides submitted first)."""
+    cfg = model.config
+    samples = [sample_slide(store.view(s), model, n_draws, seed) for s in slides]
+    futures = [
+        store.submit_tiles(smp.path, smp.locations.reshape(-1, 2), smp.read_level, smp.tile_size)
+        for smp in samples
+    ]
+    probs = []
+    for smp, fut in zip(samples, futures, strict=True):
+        feats = tile_features(model, fut.result(), cfg.predict.tile_batch_size)
+        probs.append(aggregate_slide(model, smp, feats).probability)
+    return probs, [s.label for s in slides]
+
+
+def _better(auc: float, loss: float, best: tuple[float, float] | None) -> bool:
+    score = (auc if math.isfinite(auc) else -math.inf, -loss)
+    return best is None or score > best
+
+
+def train(
+    manifest: str | Path,
+    config: PipelineConfig | None,
+    out_dir: str | Path,
+    resume: bool = False,
+    epochs: int | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Train a :class:`SlideClassifier` on the ``train`` rows of ``manifest``; returns the result.
+
+    Args:
+        manifest: CSV ``slide_id,path,label,split``; ``val`` rows (or a held-out share of ``train``,
+            see ``train.val_fraction``) give the validation AUC each epoch; ``test`` rows are unused.
+        config: the pipeline; with ``resume`` it may be ``None`` (the checkpoint's is used) and must
+            otherwise match the checkpoint's architecture.
+        out_dir: run folder (``model.pt`` = best validation AUC, ``last.pt``, ``config.json``,
+            ``history.csv``).
+        resume: continue from ``out_dir/last.pt``: epochs are numbered on from where it stopped and
+            the same seeds are used as an uninterrupted run.
+        epochs: total number of epochs of the run (default ``config.train.epochs``); on resume, only
+            the epochs after the last finished one are run.
+    """
+    out_dir = Path(out_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = None
+    if resume:
+        last = out_dir / "last.pt"
+        state = read_checkpoint(last)
+        saved = PipelineConfig.from_dict(state["config"])
+        if config is not None:
+            diff = saved.architecture_diff(config)
+            if diff:
+                raise CheckpointError(last, f"incompatible config for --resume: {', '.join(diff)}")
+        config = config or saved
+    if config is None:
+        raise ValueError("a pipeline config is needed (or resume=True with an existing run)")
+    tc = config.train
+    total_epochs = tc.epochs if epochs is None else int(epochs)
+
+    model = build_model(config, seed=tc.seed).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    start_epoch, history, best = 1, [], None
+    best_epoch, best_auc = 0, float("nan")
+    if state is not None:
+        check_state_dict(out_dir / "last.pt", model, state["state_dict"])
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+        history = list(_read_history(out_dir / "history.csv"))
+        best_epoch = int(state.get("best_epoch", 0))
+        best_auc = float(state.get("best_val_auc", float("nan")))
+        best_loss = float(state.get("best_val_loss", math.inf))
+        best = (best_auc if math.isfinite(best_auc) else -math.inf, -best_loss)
+
+    slides = read_cohort(manifest)
+    train_set, val_set = split_cohort(slides, tc.val_fraction, tc.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with SlideStore(config, tc.read_workers) as store:
+        store.prefetch_views(train_set + val_set)
+        for epoch in range(start_epoch, total_epochs + 1):
+            t0 = time.perf_counter()
+            row = _run_epoch(model, optimizer, store, train_set, epoch, total_epochs, progress)
+            val_probs, val_labels = evaluate(model, store, val_set, tc.val_draws, tc.seed)
+            row["val_auc"] = safe_auc(val_labels, val_probs)
+            row["val_loss"] = bce(val_labels, val_probs)
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            if progress:
+                tqdm.write(
+                    f"epoch {epoch}/{total_epochs}: loss {row['train_loss']:.4f}  "
+                    f"val AUC {row['val_auc']:.3f}  val loss {row['val_loss']:.4f}  "
+                    f"{row['tiles_per_s']:.0f} tiles/s  {row['seconds']:.1f}s"
+                )
+            if _better(row["val_auc"], row["val_loss"], best):
+                best = (
+                    row["val_auc"] if math.isfinite(row["val_auc"]) else -math.inf,
+                    -row["val_loss"],
+                )
+                best_epoch, best_auc = epoch, row["val_auc"]
+                save_checkpoint(out_dir / "model.pt", model, epoch, val_auc=row["val_auc"])
+            save_checkpoint(
+                out_dir / "last.pt",
+                model,
+                epoch,
+                optimizer=optimizer.state_dict(),
+                best_epoch=best_epoch,
+                best_val_auc=best_auc,
+                best_val_loss=-best[1],
+            )
+            _write_history(out_dir / "history.csv", history)
+    if not (out_dir / "model.pt").exists():  # zero epochs: keep the initial weights
+        save_checkpoint(out_dir / "model.pt", model, start_epoch - 1)
+    return TrainResult(
+        out_dir,
+        out_dir / "model.pt",
+        best_epoch,
+        best_auc,
+        max(start_epoch - 1, total_epochs),
+        history,
+    )
+
+
+def _run_epoch(
+    model: SlideClassifier,
+    optimizer: torch.optim.Optimizer,
+    store: SlideStore,
+    train_set: list[LabelledSlide],
+    epoch: int,
+    total_epochs: int,
+    progress: bool,
+) -> dict:
+    tc = model.config.train
+    seed = epoch_seed(tc.seed, epoch)
+    order = np.random.default_rng(seed).permutation(len(train_set))
+    generator = torch.Generator(device=model.device)
+    generator.manual_seed(seed)
+    model.train()
+    losses, probs, labels, tiles = [], [], [], 0
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=len(order),
+        desc=f"epoch {epoch}/{total_epochs}",
+        unit="slide",
+        disable=not progress,
+        leave=False,
+    )
+    for start in range(0, len(order), tc.batch_size):
+        batch = [train_set[i] for i in order[start : start + tc.batch_size]]
+        stats = train_step(model, optimizer, store, batch, generator)
+        losses.extend([stats.loss] * len(batch))
+        probs.extend(stats.probabilities)
+        labels.extend(stats.labels)
+        tiles += stats.tiles
+        rate = tiles / max(time.perf_counter() - t0, 1e-9)
+        bar.update(len(batch))
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", tiles_s=f"{rate:.0f}")
+    bar.close()
+    return {
+        "epoch": epoch,
+        "train_loss": float(np.mean(losses)),
+        "train_auc": safe_auc(labels, probs),
+        "tiles_per_s": tiles / max(time.perf_counter() - t0, 1e-9),
+    }
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+    tmp.replace(path)
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open() as fh:
+        return [
+            {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+            for row in csv.DictReader(fh)
+        ]
