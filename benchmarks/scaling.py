@@ -60,8 +60,12 @@ def ensure_slide(size: int, cache: Path, seed: int = 1) -> tuple[Path, float | N
     writing it (``None`` when it was cached)."""
     from wsi_ats.synth.slide import write_synthetic_slide
 
+    try:  # the cache key follows the generator's version: new pixels, new file
+        from wsi_ats.synth.cohort import GENERATOR_VERSION as version
+    except ImportError:
+        version = 0
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"slide_{size}_d{SPOT_DIAMETER}_s{seed}.tiff"
+    path = cache / f"slide_{size}_d{SPOT_DIAMETER}_s{seed}_v{version}.tiff"
     if path.is_file():
         return path, None
     partial = path.with_suffix(".partial.tiff")
@@ -283,7 +287,7 @@ def report(rows: list[dict], args, gen_times: dict, t_total: float) -> list[str]
         f"machine load (1-min load average, 2 cores shared with other work): {args.load_start:.1f} at "
         f"start, {os.getloadavg()[0]:.1f} at the end",
         "",
-        f"{'size':>5} {'file MB':>8} {'tissue tiles':>12} {'ATS s':>7} {'x 8k':>5} {'1st s':>6} "
+        f"{'size':>5} {'file MB':>8} {'tissue tiles':>12} {'ATS s':>7} {'x ' + human(first['size']):>5} {'1st s':>6} "
         f"{'tiles':>6} {'decoded MB':>10} {'read() MB':>9} {'RSS MB':>13} {'dense s':>9} "
         f"{'dense':>13} {'speedup':>8}",
     ]
