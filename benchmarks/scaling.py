@@ -259,6 +259,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.plot([], [], "s", color="C3", mfc="white", label="dense tiling (extrapolated)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.minorticks_off()
     ax.set_xticks(sizes)
     ax.set_xticklabels([human(s) for s in sizes])
     ax.set_xlabel("slide side (level-0 pixels)")
