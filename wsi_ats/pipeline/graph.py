@@ -14,7 +14,7 @@ cluster's workers declare one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dask.base import tokenize
@@ -52,7 +52,6 @@ class SlideTasks:
     tiles: Future
     features: Future | None = None
     finish: Future | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def futures(self) -> list[tuple[str, Future]]:
         chain = [("view", self.view), ("sample", self.sample), ("tiles", self.tiles)]
