@@ -23,7 +23,7 @@ def _rows(manifest: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cohort")
-    return make_cohort(out, n_slides=6, size=1024, seed=3, workers=2)
+    return make_cohort(out, n_slides=6, size=512, seed=3, workers=2)
 
 
 def test_manifest_columns_labels_splits_and_paths(cohort: Path) -> None:
@@ -36,7 +36,7 @@ def test_manifest_columns_labels_splits_and_paths(cohort: Path) -> None:
     for r in rows:
         assert not Path(r["path"]).is_absolute()
         with openslide.OpenSlide(str(cohort.parent / r["path"])) as s:
-            assert s.dimensions == (1024, 1024)
+            assert s.dimensions == (512, 512)
 
 
 def test_ground_truth_matches_manifest(cohort: Path) -> None:
@@ -57,7 +57,7 @@ def test_ground_truth_matches_manifest(cohort: Path) -> None:
 def test_same_parameters_reuse_the_cohort(cohort: Path) -> None:
     slide = cohort.parent / "slides" / "slide_0000.tiff"
     before = slide.stat().st_mtime_ns, cohort.stat().st_mtime_ns
-    again = make_cohort(cohort.parent, n_slides=6, size=1024, seed=3)
+    again = make_cohort(cohort.parent, n_slides=6, size=512, seed=3)
     assert again == cohort
     assert (slide.stat().st_mtime_ns, cohort.stat().st_mtime_ns) == before
 

@@ -190,12 +190,12 @@ def test_writer_consumes_tiles_one_at_a_time(tmp_path: Path) -> None:
 
 
 def test_peak_memory_far_below_one_level(tmp_path: Path) -> None:
-    """An 8192 px slide (level 0 = 201 MB of RGB) is written with a few MB of working memory."""
+    """A 4096 px slide (level 0 = 48 MiB of RGB) is written with a few MiB of working memory."""
     build_atlases(0)  # cohort-wide textures are built once, outside the measurement
     tracemalloc.start()
     try:
-        write_synthetic_slide(tmp_path / "big.tiff", 8192, seed=2, label=1)
+        write_synthetic_slide(tmp_path / "big.tiff", 4096, seed=2, label=1)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 16 * 2**20, peak
+    assert peak < 8 * 2**20, peak

@@ -61,24 +61,21 @@ def pool_pyramid(atlas: np.ndarray) -> AtlasPyramid:
     side = atlas.shape[0]
     if side & (side - 1) or atlas.shape[1] != side:
         raise ValueError(f"atlas must be square with a power-of-two side, got {atlas.shape}")
-    base = atlas.astype(np.float64)
     levels = [atlas]
-    ds = 2
-    while ds <= side:
-        a = side // ds
-        pooled = base.reshape(a, ds, a, ds, 3).mean(axis=(1, 3))
-        levels.append(np.rint(pooled).astype(np.uint8))
-        ds *= 2
+    sums = atlas.astype(np.float64)  # block means of level 0, pooled 2 x 2 at a time
+    while sums.shape[0] > 1:
+        a = sums.shape[0] // 2
+        sums = sums.reshape(a, 2, a, 2, 3).mean(axis=(1, 3))
+        levels.append(np.rint(sums).astype(np.uint8))
     return AtlasPyramid(tuple(levels))
 
 
 def periodic_noise(rng: np.random.Generator, side: int, scale: float) -> np.ndarray:
     """Periodic Gaussian noise ``[side, side]`` with correlation length ``scale`` px, std 1."""
     white = rng.standard_normal((side, side))
-    f = np.fft.fftfreq(side)
-    radius2 = f[:, None] ** 2 + f[None, :] ** 2
-    kernel = np.exp(-2.0 * (np.pi * scale) ** 2 * radius2)
-    field = np.fft.ifft2(np.fft.fft2(white) * kernel).real
+    fy, fx = np.fft.fftfreq(side), np.fft.rfftfreq(side)
+    kernel = np.exp(-2.0 * (np.pi * scale) ** 2 * (fy[:, None] ** 2 + fx[None, :] ** 2))
+    field = np.fft.irfft2(np.fft.rfft2(white) * kernel, s=white.shape)
     return (field - field.mean()) / max(field.std(), 1e-12)
 
 
@@ -86,21 +83,21 @@ def _stroma(rng: np.random.Generator, side: int) -> np.ndarray:
     shade = periodic_noise(rng, side, 64.0)
     fibres = periodic_noise(rng, side, 3.0)
     img = STROMA_COLOUR[None, None, :] + shade[..., None] * 4.0 + fibres[..., None] * 5.0
-    n_nuclei = side * side // 600
+    n = side * side // 600
+    cy, cx = rng.uniform(0, side, (2, n))
+    ry, rx = rng.uniform(2.0, 4.0, (2, n))
+    darkness = rng.uniform(0.75, 1.0, n)
     yy, xx = np.mgrid[-5:6, -5:6]
-    for cy, cx, ry, rx, dark in zip(
-        rng.uniform(0, side, n_nuclei),
-        rng.uniform(0, side, n_nuclei),
-        rng.uniform(2.0, 4.0, n_nuclei),
-        rng.uniform(2.0, 4.0, n_nuclei),
-        rng.uniform(0.75, 1.0, n_nuclei),
-        strict=True,
-    ):
-        iy, ix = int(cy), int(cx)
-        inside = ((yy + iy - cy + 0.5) / ry) ** 2 + ((xx + ix - cx + 0.5) / rx) ** 2 <= 1.0
-        rows = (yy[inside] + iy) % side
-        cols = (xx[inside] + ix) % side
-        img[rows, cols] = img[rows, cols] * (1 - dark) + NUCLEUS_COLOUR * dark
+    iy, ix = cy.astype(int), cx.astype(int)
+    dy = (yy[None] + iy[:, None, None] + 0.5 - cy[:, None, None]) / ry[:, None, None]
+    dx = (xx[None] + ix[:, None, None] + 0.5 - cx[:, None, None]) / rx[:, None, None]
+    inside = dy**2 + dx**2 <= 1.0  # [n, 11, 11]
+    which, py, px = np.nonzero(inside)
+    rows = (py - 5 + iy[which]) % side
+    cols = (px - 5 + ix[which]) % side
+    alpha = np.zeros((side, side))
+    np.maximum.at(alpha, (rows, cols), darkness[which])  # overlapping nuclei: the darkest wins
+    img = img * (1 - alpha[..., None]) + NUCLEUS_COLOUR * alpha[..., None]
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 

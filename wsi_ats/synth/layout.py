@@ -182,7 +182,7 @@ def make_layout(
     cells = np.argwhere(tissue)
     angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
     centres: list[tuple[float, float]] = []
-    for _ in range(20000):
+    for _ in range(4000):
         if len(centres) == n_spots:
             break
         cy_cell, cx_cell = cells[rng.integers(len(cells))]
