@@ -28,7 +28,7 @@ import numpy as np
 from wsi_ats.synth.render import level_shapes
 from wsi_ats.synth.slide import DEFAULT_MPP, slide_layout, write_synthetic_slide
 
-GENERATOR_VERSION = 2  # bump when the pixels change, to invalidate cached cohorts
+GENERATOR_VERSION = 3  # bump when the pixels change, to invalidate cached cohorts
 MANIFEST = "manifest.csv"
 GROUND_TRUTH = "ground_truth.json"
 PARAMS = "cohort.json"
