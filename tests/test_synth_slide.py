@@ -199,3 +199,13 @@ def test_peak_memory_far_below_one_level(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 8 * 2**20, peak
+
+
+@pytest.mark.parametrize("n_tiles", [3, 5])
+def test_writer_rejects_a_wrong_tile_count(tmp_path: Path, n_tiles: int) -> None:
+    def tiles(level: int):
+        return iter([None] * n_tiles)
+
+    with pytest.raises(ValueError, match="tiles"):
+        write_pyramid(tmp_path / "bad.tiff", [(512, 512)], tiles, mpp=1.0)
+    assert not list(tmp_path.iterdir())  # no partial file left behind

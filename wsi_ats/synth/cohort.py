@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -86,9 +87,10 @@ def assign_splits(labels: np.ndarray, splits: Splits) -> list[str]:
     return names
 
 
-def _write_one(job: dict) -> dict:
-    """Write one slide (runs in a worker process); returns its ground truth dict."""
+def _write_one(job: dict, tile_callback: Callable[[int], None] | None = None) -> dict:
+    """Write one slide (maybe in a worker process); returns its ground truth dict."""
     out: Path = job["out"]
+    job["kwargs"]["tile_callback"] = tile_callback
     if job["fmt"] == "zarr":
         from wsi_ats.slides import convert_to_ome_zarr
 
@@ -125,8 +127,8 @@ def make_cohort(
     pixels (default 1.5% of the shorter side). ``splits`` gives fractions or integer counts.
     ``workers > 1`` writes slides in that many processes. If ``cohort.json`` holds the same
     parameters and every slide exists, nothing is recomputed; slides already written by an
-    interrupted call with the same parameters are kept. ``progress``: True for a tqdm bar over
-    slides, or a callable called with 1 after each slide.
+    interrupted call with the same parameters are kept. ``progress``: True for a tqdm bar (over
+    tiles with one worker, over slides with several), or a callable called with 1 after each slide.
     """
     if n_slides < 1:
         raise ValueError(f"n_slides must be >= 1, got {n_slides}")
@@ -180,11 +182,17 @@ def make_cohort(
             jobs.append({"id": f"slide_{i:04d}", "out": out, "fmt": fmt, "kwargs": kwargs})
 
     bar = None
-    if progress is True:
+    if progress is True and jobs:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_slides, initial=n_slides - len(jobs), unit="slide", desc="synth")
-    tick = bar.update if bar is not None else (progress if callable(progress) else None)
+        if workers > 1:  # slides finish in other processes: count slides
+            bar = tqdm(total=n_slides, initial=n_slides - len(jobs), unit="slide", desc="synth")
+        else:  # one process: count tiles, so that a single large slide shows progress too
+            per_slide = sum(
+                math.ceil(lh / 256) * math.ceil(lw / 256) for lh, lw in level_shapes(w, h)
+            )
+            bar = tqdm(total=per_slide * len(jobs), unit="tile", unit_scale=True, desc="synth")
+    tick = progress if callable(progress) else None
     try:
         if workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(
@@ -193,11 +201,15 @@ def make_cohort(
                 futures = {ex.submit(_write_one, job): job["id"] for job in jobs}
                 for fut in as_completed(futures):
                     truths[futures[fut]] = fut.result()
+                    if bar is not None:
+                        bar.update(1)
                     if tick:
                         tick(1)
         else:
             for job in jobs:
-                truths[job["id"]] = _write_one(job)
+                truths[job["id"]] = _write_one(job, bar.update if bar is not None else None)
+                if bar is not None:
+                    bar.set_postfix_str(f"{job['id']} done")
                 if tick:
                     tick(1)
     finally:

@@ -98,8 +98,8 @@ def write_synthetic_slide(
 
     ``seed`` fixes tissue and spot positions, ``label`` (0/1) whether 1-2 spots are malignant,
     ``texture_seed`` the cohort's textures. ``spot_diameter`` is in level-0 px (default 1.5% of the
-    shorter side). ``tile_callback(n)``, if given, is called after every ``n`` tiles written (for
-    progress bars). Memory is bounded by a tile and the texture atlases, whatever the size.
+    shorter side). ``tile_callback(n)``, if given, is called with ``n`` tiles just rendered (for
+    progress bars; every 64 tiles and at the end of each level). Memory is bounded by a tile and the texture atlases, whatever the size.
     """
     try:
         layout = slide_layout(size, seed, label, spot_diameter)
@@ -111,9 +111,10 @@ def write_synthetic_slide(
     def tiles(level: int) -> Iterator[np.ndarray | None]:
         if max(layout.width, layout.height) >= 32768:
             logger.info("%s: level %d (%d x %d px)", path, level, *shapes[level][::-1])
+        last = len(range(0, shapes[level][0], 256)) * len(range(0, shapes[level][1], 256)) - 1
         for i, t in enumerate(iter_level_tiles(layout, atlases, level)):
-            if tile_callback is not None and i % 256 == 255:
-                tile_callback(256)
+            if tile_callback is not None and (i % 64 == 63 or i == last):
+                tile_callback(i % 64 + 1)
             yield t
 
     # the per-tile products are tiny: BLAS threads only contend (a cohort uses processes instead)

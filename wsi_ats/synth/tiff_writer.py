@@ -18,6 +18,7 @@ import numpy as np
 import tifffile
 
 COMPRESSIONS = ("jpeg", "zlib")
+_END = object()
 
 
 def _encoder(compression: str, quality: int) -> tuple[Callable[[np.ndarray], bytes], dict]:
@@ -60,14 +61,17 @@ def write_pyramid(
     blank_bytes = encode(blank_tile)
 
     def encoded(level: int) -> Iterator[bytes]:
+        # tifffile stops pulling after the last tile: check the count before handing it over
         h, w = shapes[level]
         expected = math.ceil(h / tile) * math.ceil(w / tile)
-        count = 0
-        for t in tiles(level):
-            count += 1
+        source = iter(tiles(level))
+        for count in range(1, expected + 1):
+            t = next(source, _END)
+            if t is _END:
+                raise ValueError(f"level {level}: expected {expected} tiles, got {count - 1}")
+            if count == expected and next(source, _END) is not _END:
+                raise ValueError(f"level {level}: more than {expected} tiles")
             yield blank_bytes if t is None else encode(np.ascontiguousarray(t))
-        if count != expected:
-            raise ValueError(f"level {level}: expected {expected} tiles, got {count}")
 
     tmp = path.with_name(path.name + ".tmp")
     try:
