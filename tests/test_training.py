@@ -123,3 +123,30 @@ def test_split_cohort_holds_out_val_when_missing(cohort: Path) -> None:
     assert not {s.slide_id for s in train_set} & {s.slide_id for s in val_set}
     again = split_cohort(slides, 0.25, seed=0)[1]
     assert [s.slide_id for s in again] == [s.slide_id for s in val_set]
+
+
+def test_cli_train_and_heatmap(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from wsi_ats.cli import main
+
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        "[slide]\nlowres_size = 64\npatch_size = 16\n"
+        "[attention]\nwidth = 4\ndepth = 2\n[features]\nwidth = 4\ndim = 8\n"
+        "[sampling]\nn_patches = 8\n[train]\nepochs = 1\nbatch_size = 4\nread_workers = 2\n"
+    )
+    run = tmp_path / "run"
+    argv = ["train", "--manifest", str(cohort), "--pipeline", str(pipeline), "--out", str(run)]
+    assert main([*argv, "--quiet"]) == 0
+    assert "best epoch 1" in capsys.readouterr().out
+    assert main(["train", "--manifest", str(cohort), "--out", str(run), "--resume", "--epochs", "2",
+                 "--quiet"]) == 0  # fmt: skip
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text(pipeline.read_text().replace("dim = 8", "dim = 9"))
+    argv = ["train", "--manifest", str(cohort), "--pipeline", str(bad), "--out", str(run)]
+    assert main([*argv, "--resume", "--quiet"]) == 2
+    assert "features.dim" in capsys.readouterr().err
+    png = tmp_path / "h.png"
+    slide = cohort.parent / "s1.tiff"
+    assert main(["heatmap", str(slide), "--model", str(run / "model.pt"), "--out", str(png)]) == 0
+    assert png.exists() and "probability" in capsys.readouterr().out
