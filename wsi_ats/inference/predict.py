@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from wsi_ats.inference.stages import (
     SlidePrediction,
+    SlideSample,
     SlideView,
     aggregate_slide,
-    read_slide_tiles,
+    read_tiles,
     sample_slide,
     tile_features,
     view_of,
     view_slide,
 )
 from wsi_ats.models import SlideClassifier, load_model
-from wsi_ats.slides import Slide
+from wsi_ats.slides import Slide, open_slide
 
 
 def predict_slide(
@@ -46,10 +49,20 @@ def predict_slide(
         slide = slide_or_path
         view = view_of(slide, model.config, slide_id or Path(str(slide.path)).stem)
         smp = sample_slide(view, model, n_draws, seed)
-        tiles = read_slide_tiles(smp, slide=slide)
+        feats = unique_tile_features(model, smp, slide)
     else:
         view = view_slide(slide_or_path, model.config, slide_id)
         smp = sample_slide(view, model, n_draws, seed)
-        tiles = read_slide_tiles(smp)
-    pred = aggregate_slide(model, smp, tile_features(model, tiles))
+        with open_slide(smp.path) as slide:
+            feats = unique_tile_features(model, smp, slide)
+    pred = aggregate_slide(model, smp, feats)
     return (pred, view) if return_view else pred
+
+
+def unique_tile_features(model: SlideClassifier, smp: SlideSample, slide: Slide) -> np.ndarray:
+    """Features ``float32[T*N, D]`` of a sample's tiles, each distinct tile read and computed once
+    (equal to ``tile_features(model, read_slide_tiles(smp))``)."""
+    flat = smp.locations.reshape(-1, 2)
+    uniq, inverse = np.unique(flat, axis=0, return_inverse=True)
+    tiles = read_tiles(slide, uniq, smp.read_level, smp.tile_size)
+    return tile_features(model, tiles)[inverse.reshape(-1)]

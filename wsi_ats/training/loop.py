@@ -101,6 +101,7 @@ def train(
     epochs: int | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    model: SlideClassifier | None = None,
 ) -> TrainResult:
     """Train a :class:`SlideClassifier` on the ``train`` rows of ``manifest``; returns the result.
 
@@ -115,9 +116,13 @@ def train(
             the same seeds are used as an uninterrupted run.
         epochs: total number of epochs of the run (default ``config.train.epochs``); on resume, only
             the epochs after the last finished one are run.
+        model: a freshly built model to train instead of ``build_model(config)`` (custom networks;
+            its ``config`` replaces ``config``).
     """
     out_dir = Path(out_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if model is not None:
+        config = model.config
     state = None
     if resume:
         last = out_dir / "last.pt"
@@ -133,7 +138,7 @@ def train(
     tc = config.train
     total_epochs = tc.epochs if epochs is None else int(epochs)
 
-    model = build_model(config, seed=tc.seed).to(device)
+    model = (model or build_model(config, seed=tc.seed)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     start_epoch, history, best = 1, [], None
     best_epoch, best_auc = 0, float("nan")
