@@ -90,3 +90,16 @@ def test_tissue_mask_of_a_blank_view_is_empty():
     noisy = np.random.default_rng(1).integers(240, 256, (64, 64, 3)).astype(np.uint8)
     assert not tissue_mask(noisy).any()
     assert tissue_mask(np.zeros((0, 5, 3), np.uint8)).shape == (0, 5)
+
+
+def test_area_reduce_matches_a_reference_mean():
+    rng = np.random.default_rng(3)
+    for shape, factor in [((64, 48, 3), 2), ((63, 49, 3), 2), ((50, 70, 3), 3)]:
+        img = rng.integers(0, 256, shape).astype(np.uint8)
+        h, w = shape[:2]
+        ref = np.empty((-(-h // factor), -(-w // factor), 3), np.uint8)
+        for i in range(ref.shape[0]):
+            for j in range(ref.shape[1]):
+                block = img[i * factor : (i + 1) * factor, j * factor : (j + 1) * factor]
+                ref[i, j] = np.floor(block.reshape(-1, 3).mean(0) + 0.5)
+        np.testing.assert_array_equal(area_reduce(img, factor), ref)
