@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .base import Slide
+
+if TYPE_CHECKING:
+    import torch
 
 
 class SlidePatchSource:
@@ -41,6 +44,8 @@ class SlidePatchSource:
     ) -> torch.Tensor:
         """``float32[n, 3, h, w]`` in ``[0, 1]`` (white outside the slide) for ``offsets``
         ``LongTensor[n, 2]`` top-left ``(y, x)`` in read-level pixels and ``size=(h, w)``."""
+        import torch  # imported here: slide I/O alone (e.g. ``wsi-ats convert``) never loads torch
+
         h, w = int(size[0]), int(size[1])
         sy, sx = self.scales[batch_index]
         yx = offsets.detach().to("cpu", torch.float64).numpy().reshape(-1, 2)
