@@ -129,8 +129,8 @@ def predict_cohort(
     ``model`` is a checkpoint path (loaded once per worker) or a ``SlideClassifier`` (scattered once to
     every worker). ``client`` is an existing ``distributed.Client``; None starts a local cluster sized
     to the machine. ``n_draws``/``seed`` default to the model config's ``[predict]`` section; per-slide
-    seeds derive from ``(seed, slide_id)``. ``max_in_flight`` (default: 4 per worker thread, at least
-    ``2 * batch_slides``) bounds the slides in the graph; ``batch_slides`` slides share one feature
+    seeds derive from ``(seed, slide_id)``. ``max_in_flight`` (default: 8 per worker thread, at least
+    ``4 * batch_slides``) bounds the slides in the graph; ``batch_slides`` slides share one feature
     pass. The manifest is validated first (:class:`~wsi_ats.pipeline.manifest.ManifestError`).
 
     The returned frame has the columns of ``predictions.csv`` and ``attrs`` ``computed``, ``failed``
@@ -155,8 +155,8 @@ def predict_cohort(
             retries=retries,
             gpu=workers_have_gpu(c),
         )
-        if max_in_flight is None:
-            max_in_flight = max(2 * batch_slides, 4 * total_threads(c))
+        if max_in_flight is None:  # enough ready work to hide scheduling latency on each thread
+            max_in_flight = max(4 * batch_slides, 8 * total_threads(c))
         runner = _Runner(c, params, max(1, max_in_flight), max(1, batch_slides), progress)
         runner.run(manifest)
     df = collect_predictions(out, manifest.slide_ids)
