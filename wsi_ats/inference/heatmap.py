@@ -30,8 +30,10 @@ def render_heatmap(
     scale: tuple[float, float] = (1.0, 1.0),
     max_side: int = 1024,
     alpha: float = 0.6,
+    decades: float = 3.0,
 ) -> Image.Image:
-    """Thumbnail ``uint8[h, w, 3]`` blended with ``attention`` ``[mh, mw]`` (scaled to its max),
+    """Thumbnail ``uint8[h, w, 3]`` blended with ``attention`` ``[mh, mw]`` (log scale: the peak
+    and ``decades`` decades below it),
     with the tiles at level-0 ``locations`` ``[..., 2]`` (x, y) outlined; ``scale`` = (sy, sx)
     level-0 pixels per thumbnail pixel. The result is enlarged so its longest side is ``max_side``.
     """
@@ -40,23 +42,28 @@ def render_heatmap(
     out_size = (max(1, round(w * zoom)), max(1, round(h * zoom)))
     att = np.asarray(attention, dtype=np.float32)
     peak = float(att.max()) if att.size else 0.0
-    norm = att / peak if peak > 0 else att
-    heat = Image.fromarray(colorize(norm)).resize(out_size, Image.Resampling.NEAREST)
-    weight = Image.fromarray((np.sqrt(norm) * 255 * alpha).astype(np.uint8)).resize(
-        out_size, Image.Resampling.NEAREST
+    with np.errstate(divide="ignore"):  # log scale over `decades` decades below the peak
+        norm = np.clip(1.0 + np.log10(att / peak) / decades, 0.0, 1.0) if peak > 0 else att
+    heat = Image.fromarray(colorize(norm)).resize(out_size, Image.Resampling.BILINEAR)
+    weight = Image.fromarray((norm * 255 * alpha).astype(np.uint8)).resize(
+        out_size, Image.Resampling.BILINEAR
     )
     base = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize(
         out_size, Image.Resampling.BILINEAR
     )
     canvas = Image.composite(heat, base, weight)
     if locations is not None and np.size(locations):
-        draw = ImageDraw.Draw(canvas)
+        overlay = Image.new("RGBA", out_size, (0, 0, 0, 0))
+        draw = ImageDraw.Draw(overlay)
         sy, sx = scale
         tw, th = tile_size_level0
         for x, y in np.unique(np.asarray(locations).reshape(-1, 2), axis=0):
             x0, y0 = x / sx * zoom, y / sy * zoom
             x1, y1 = (x + tw) / sx * zoom, (y + th) / sy * zoom
-            draw.rectangle([x0, y0, max(x0 + 2, x1), max(y0 + 2, y1)], outline=(0, 255, 0), width=1)
+            draw.rectangle(
+                [x0, y0, max(x0 + 2, x1), max(y0 + 2, y1)], outline=(0, 255, 255, 170), width=1
+            )
+        canvas = Image.alpha_composite(canvas.convert("RGBA"), overlay).convert("RGB")
     return canvas
 
 
