@@ -158,6 +158,10 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     with SlideStore(config, tc.read_workers) as store:
         store.prefetch_views(train_set + val_set)
+        epochs_bar = tqdm(
+            total=total_epochs, initial=start_epoch - 1, desc="train", unit="epoch",
+            disable=not progress,
+        )  # fmt: skip
         for epoch in range(start_epoch, total_epochs + 1):
             t0 = time.perf_counter()
             row = _run_epoch(model, optimizer, store, train_set, epoch, total_epochs, progress)
@@ -166,6 +170,11 @@ def train(
             row["val_loss"] = bce(val_labels, val_probs)
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
+            epochs_bar.update(1)
+            epochs_bar.set_postfix(
+                loss=f"{row['train_loss']:.3f}", val_auc=f"{row['val_auc']:.3f}",
+                tiles_s=f"{row['tiles_per_s']:.0f}",
+            )  # fmt: skip
             if progress:
                 tqdm.write(
                     f"epoch {epoch}/{total_epochs}: loss {row['train_loss']:.4f}  "
@@ -189,6 +198,7 @@ def train(
                 best_val_loss=-best[1],
             )
             _write_history(out_dir / "history.csv", history)
+        epochs_bar.close()
     if not (out_dir / "model.pt").exists():  # zero epochs: keep the initial weights
         save_checkpoint(out_dir / "model.pt", model, start_epoch - 1)
     return TrainResult(
