@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    from wsi_ats.inference.stages import SlidePrediction, SlideView
 
 # a perceptually ordered ramp (dark blue -> magenta -> orange -> yellow), anchors in [0, 1]
 _RAMP = np.array(
@@ -77,7 +81,7 @@ def save_png(img: Image.Image, path: str | Path) -> Path:
     return path
 
 
-def heatmap_of(prediction, view, max_side: int = 1024) -> Image.Image:  # noqa: ANN001
+def heatmap_of(prediction: SlidePrediction, view: SlideView, max_side: int = 1024) -> Image.Image:
     """The heatmap of a :class:`SlidePrediction` over its :class:`SlideView`'s thumbnail."""
     return render_heatmap(
         view.image,

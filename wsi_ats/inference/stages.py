@@ -292,7 +292,7 @@ def tissue_tile_count(view: SlideView, tile_size_level0: tuple[int, int]) -> flo
     return float(view.mask.sum()) * sy * sx / (w * h)
 
 
-def predict_slide(*args, **kwargs) -> SlidePrediction:  # noqa: ANN002, ANN003
+def predict_slide(*args: object, **kwargs: object) -> SlidePrediction:
     """See :func:`wsi_ats.inference.predict.predict_slide` (re-exported here as INTERNALS.md lists)."""
     from wsi_ats.inference.predict import predict_slide as _predict_slide
 

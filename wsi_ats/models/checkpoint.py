@@ -8,6 +8,7 @@ config for people and tools.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(path, "no such checkpoint file") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(path, f"not a readable weights-only checkpoint ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - pickle raises assorted types; re-raised typed
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
         raise CheckpointError(path, f"not a readable weights-only checkpoint ({exc})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
         raise CheckpointError(path, "not a wsi-ats checkpoint (needs 'state_dict' and 'config')")
