@@ -10,9 +10,11 @@ Prints, in one run:
   (``threads_per_worker=1``, torch 1 thread per worker; cluster start-up excluded, workers warmed up
   with the model loaded, as the loop's model is),
 - peak RSS per worker (``ru_maxrss``) after each round, i.e. at growing cumulative cohort sizes, to
-  show memory per worker does not grow with the number of slides.
+  show memory per worker does not grow with the number of slides,
+- a control without Dask: the loop split over 2 independent processes, i.e. the scaling this
+  (shared, virtual) 2-core machine itself allows at the time of the run.
 The slides are split into ``--rounds`` consecutive chunks and, round by round, each chunk goes through
-the loop and both clusters (order rotated each round), so that the load of other jobs on a shared
+the loop, both clusters and the 2-process control (order rotated each round), so that the load of other jobs on a shared
 machine weighs on all three alike. Goals (issue 6): overhead of the 1-worker pipeline vs the loop
 <= 10%; scaling efficiency from 1 to 2 workers >= 0.8; peak RSS per worker flat in cohort size.
 
@@ -90,6 +92,46 @@ class Loop:
         return len(entries)
 
 
+_MODEL = None
+
+
+def _loop_chunk(paths_ids: list[tuple[str, str]], model_path: str, out: str) -> int:
+    """The loop's work on some slides, in a pool process (model loaded once per process)."""
+    global _MODEL
+    from wsi_ats.inference import predict_slide, write_slide_outputs
+    from wsi_ats.models import load_model
+
+    if _MODEL is None:
+        torch.set_num_threads(1)
+        _MODEL = load_model(model_path)
+    for path, slide_id in paths_ids:
+        pred, view = predict_slide(path, _MODEL, slide_id=slide_id, return_view=True)
+        write_slide_outputs(pred, view, out)
+    return len(paths_ids)
+
+
+class ParallelLoops:
+    """Control without Dask: the loop split over ``n`` independent processes (machine ceiling)."""
+
+    def __init__(self, n: int, model_path: Path, out: Path, stack: ExitStack) -> None:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        self.name = f"{n} loop processes"
+        self.n, self.model_path, self.out = n, str(model_path), str(out)
+        self.pool = stack.enter_context(ProcessPoolExecutor(n, mp_context=get_context("spawn")))
+        list(self.pool.map(_loop_chunk, [[]] * n, [self.model_path] * n, [self.out] * n))
+
+    def run(self, manifest: Path) -> int:
+        from wsi_ats.pipeline.manifest import load_manifest
+
+        items = [(e.path, e.slide_id) for e in load_manifest(manifest)]
+        parts = [items[i :: self.n] for i in range(self.n)]
+        return sum(
+            self.pool.map(_loop_chunk, parts, [self.model_path] * self.n, [self.out] * self.n)
+        )
+
+
 class Pipeline:
     """``predict_cohort`` on a LocalCluster of ``n_workers`` single-threaded workers."""
 
@@ -163,12 +205,14 @@ def main() -> None:
                 Loop(model_path, work / "out-loop"),
                 Pipeline(1, model_path, work / "out-1w", stack),
                 Pipeline(2, model_path, work / "out-2w", stack),
+                ParallelLoops(2, model_path, work / "out-2loops", stack),
             ]
-            seconds = [0.0] * 3
-            counts = [0] * 3
+            k = len(runners)
+            seconds = [0.0] * k
+            counts = [0] * k
             done = 0
             for r, chunk in enumerate(chunks):
-                order = [(i + r) % 3 for i in range(3)]
+                order = [(i + r) % k for i in range(k)]
                 for i in order:
                     start = time.perf_counter()
                     counts[i] += runners[i].run(chunk)
@@ -185,9 +229,12 @@ def main() -> None:
                 say(f"{runner.name:<20}: {n} slides in {s:7.1f} s = {rate:6.1f} slides/min")
         overhead = seconds[1] / seconds[0] - 1
         efficiency = rates[2] / (2 * rates[1])
+        ceiling = rates[3] / (2 * rates[0])
         say()
         say(f"pipeline overhead vs loop (1 worker): {100 * overhead:+.1f}%   (goal <= +10%)")
         say(f"scaling efficiency 1 -> 2 workers   : {efficiency:.2f}    (goal >= 0.80)")
+        say(f"machine ceiling (2 loop processes vs 1 loop, no Dask): {ceiling:.2f}; "
+            f"pipeline efficiency relative to it: {efficiency / ceiling:.2f}")  # fmt: skip
         say(f"load avg at end {os.getloadavg()[0]:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,6 +1,6 @@
 """The per-slide task chain and the shared feature batches, submitted as Dask futures.
 
-For one slide (keys derived from the slide id, the run seed and the model, so they are stable)::
+For one slide (keys hash the slide id, the run seed and the model, so they are stable)::
 
     view-<id>  ->  sample-<id>  ->  tiles-<id>  ->  features-<batch>  ->  finish-<id>
     (open, low-res    (attention,      (read the       (tiles of several    (aggregate, predict,
@@ -22,7 +22,6 @@ from distributed import Client, Future
 
 from wsi_ats.pipeline import tasks
 from wsi_ats.pipeline.manifest import SlideEntry
-from wsi_ats.pipeline.paths import slide_dir_name
 
 STAGES = ("view", "sample", "tiles", "features", "finish")
 PRIORITY = {stage: i for i, stage in enumerate(STAGES)}
@@ -67,9 +66,13 @@ class SlideTasks:
 
 
 def slide_key(stage: str, entry: SlideEntry, params: RunParams) -> str:
-    """``<stage>-<safe id>-<token>``: readable on the dashboard, unique per slide and run settings."""
+    """``<stage>-<token>``, the token a hash of the slide id, its path and the run settings.
+
+    The id itself stays out of the key so that Dask groups tasks by stage (``key_split`` would keep
+    words of ids such as ``TCGA-...`` and make one task prefix, with its metrics, per slide).
+    """
     token = tokenize(entry.slide_id, entry.path, params.seed, params.n_draws, params.model_token)
-    return f"{stage}-{slide_dir_name(entry.slide_id)[:48]}-{token[:12]}"
+    return f"{stage}-{token}"
 
 
 def submit_slide(client: Client, entry: SlideEntry, params: RunParams) -> SlideTasks:
