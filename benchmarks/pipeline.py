@@ -95,8 +95,12 @@ class Loop:
 _MODEL = None
 
 
-def _loop_chunk(paths_ids: list[tuple[str, str]], model_path: str, out: str) -> int:
-    """The loop's work on some slides, in a pool process (model loaded once per process)."""
+def _loop_chunk(
+    paths_ids: list[tuple[str, str]], model_path: str, out: str
+) -> tuple[int, int, float]:
+    """The loop's work on some slides in a pool process (model loaded once per process);
+    returns (slides, pid, peak RSS MiB of the process). No slides: load the model, wait 1 s (so
+    that the warm-up calls land on distinct processes)."""
     global _MODEL
     from wsi_ats.inference import predict_slide, write_slide_outputs
     from wsi_ats.models import load_model
@@ -107,7 +111,9 @@ def _loop_chunk(paths_ids: list[tuple[str, str]], model_path: str, out: str) -> 
     for path, slide_id in paths_ids:
         pred, view = predict_slide(path, _MODEL, slide_id=slide_id, return_view=True)
         write_slide_outputs(pred, view, out)
-    return len(paths_ids)
+    if not paths_ids:
+        time.sleep(1.0)
+    return len(paths_ids), os.getpid(), peak_rss_mib()
 
 
 class ParallelLoops:
@@ -120,6 +126,7 @@ class ParallelLoops:
         self.name = f"{n} loop processes"
         self.n, self.model_path, self.out = n, str(model_path), str(out)
         self.pool = stack.enter_context(ProcessPoolExecutor(n, mp_context=get_context("spawn")))
+        self.rss: dict[int, float] = {}
         list(self.pool.map(_loop_chunk, [[]] * n, [self.model_path] * n, [self.out] * n))
 
     def run(self, manifest: Path) -> int:
@@ -127,9 +134,15 @@ class ParallelLoops:
 
         items = [(e.path, e.slide_id) for e in load_manifest(manifest)]
         parts = [items[i :: self.n] for i in range(self.n)]
-        return sum(
-            self.pool.map(_loop_chunk, parts, [self.model_path] * self.n, [self.out] * self.n)
-        )
+        results = self.pool.map(_loop_chunk, parts, [self.model_path] * self.n, [self.out] * self.n)
+        total = 0
+        for count, pid, rss in results:
+            total += count
+            self.rss[pid] = max(rss, self.rss.get(pid, 0.0))
+        return total
+
+    def peak_rss(self) -> list[float]:
+        return sorted(self.rss.values())
 
 
 class Pipeline:
@@ -218,10 +231,11 @@ def main() -> None:
                     counts[i] += runners[i].run(chunk)
                     seconds[i] += time.perf_counter() - start
                 done = counts[0]
-                rss1, rss2 = runners[1].peak_rss(), runners[2].peak_rss()
+                rss1, rss2, rss_loops = (runners[i].peak_rss() for i in (1, 2, 3))
                 say(f"round {r + 1}/{args.rounds}: {done:4d} slides so far; peak RSS/worker "
                     f"1w {', '.join(f'{v:.0f}' for v in rss1)} MiB, "
-                    f"2w {', '.join(f'{v:.0f}' for v in rss2)} MiB; "
+                    f"2w {', '.join(f'{v:.0f}' for v in rss2)} MiB "
+                    f"(no-Dask loop processes: {', '.join(f'{v:.0f}' for v in rss_loops)} MiB); "
                     f"load avg {os.getloadavg()[0]:.2f}")  # fmt: skip
             say()
             rates = [60 * n / s for n, s in zip(counts, seconds, strict=True)]
