@@ -3,8 +3,8 @@
 For one slide (keys hash the slide id, the run seed and the model, so they are stable)::
 
     view-<id>  ->  sample-<id>  ->  tiles-<id>  ->  features-<batch>  ->  finish-<id>
-    (open, low-res    (attention,      (read the       (tiles of several    (aggregate, predict,
-     view, mask)       T draws of N)    T*N tiles)      slides, one pass)     atomic write)
+    (open, low-res    (attention,      (read each      (tiles of several    (aggregate, predict,
+     view, mask)       T draws of N)    distinct tile)  slides, one pass)     atomic write)
 
 Later stages get a higher priority so that slides in flight finish before new ones start, and every
 task is submitted with ``retries`` so a transient failure is retried (a task lost with a killed worker

@@ -20,6 +20,7 @@ import torch
 from wsi_ats.inference import stages
 from wsi_ats.inference.outputs import write_slide_outputs
 from wsi_ats.pipeline.state import clear_error
+from wsi_ats.slides import open_slide
 
 
 @dataclass(frozen=True)
@@ -87,18 +88,27 @@ def sample_task(view: Any, model: Any, n_draws: int, seed: int) -> Any:
     return stages.sample_slide(view, resolve_model(model), n_draws, seed)
 
 
-def read_task(sample: Any) -> np.ndarray:
-    """The sampled tiles, uint8 ``[T*N, h, w, 3]`` at the sample's read level."""
-    return stages.read_slide_tiles(sample)
+def read_task(sample: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct sampled tiles, uint8 ``[U, h, w, 3]`` at the sample's read level, and for each
+    of the ``T*N`` draws its row in them (int64 ``[T*N]``): a tile drawn twice is read once."""
+    flat = np.asarray(sample.locations, dtype=np.int64).reshape(-1, 2)
+    unique, inverse = np.unique(flat, axis=0, return_inverse=True)
+    with open_slide(sample.path) as slide:
+        tiles = stages.read_tiles(slide, unique, sample.read_level, sample.tile_size)
+    return tiles, inverse.reshape(-1)
 
 
-def features_task(model: Any, batch_size: int, *tiles: np.ndarray) -> list[np.ndarray]:
-    """Features of the tiles of several slides in shared batches -> one float32 ``[M_i, D]`` each."""
+def features_task(
+    model: Any, batch_size: int, *tiles: tuple[np.ndarray, np.ndarray]
+) -> list[np.ndarray]:
+    """Features of the distinct tiles of several slides, in shared batches -> float32 ``[T*N, D]``
+    per slide (in draw order, as ``aggregate_slide`` expects)."""
     m = resolve_model(model)
-    counts = [len(t) for t in tiles]
-    feats = stages.tile_features(m, np.concatenate(tiles, axis=0), batch_size=batch_size)
-    feats = np.asarray(feats)
-    return np.split(feats, np.cumsum(counts)[:-1], axis=0)
+    counts = [len(t) for t, _ in tiles]
+    batch = np.concatenate([t for t, _ in tiles], axis=0)
+    feats = np.asarray(stages.tile_features(m, batch, batch_size=batch_size))
+    parts = np.split(feats, np.cumsum(counts)[:-1], axis=0)
+    return [part[inverse] for part, (_, inverse) in zip(parts, tiles, strict=True)]
 
 
 def finish_task(
@@ -112,6 +122,6 @@ def finish_task(
         "slide_id": pred.slide_id,
         "probability": float(pred.probability),
         "std": float(pred.std),
-        "n_tiles": int(len(features[index])),
+        "n_tiles": int(pred.n_tiles_read),
         "pid": os.getpid(),
     }
