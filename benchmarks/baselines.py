@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--workers", type=int, default=2, help="processes writing the cohort")
     ap.add_argument("--out", type=Path, help="results file (default benchmarks/results/...)")
+    ap.add_argument("--pipeline", type=Path, default=PIPELINE, help="pipeline TOML")
     ap.add_argument(
         "--prior", type=float, help="override [attention] prior (ablation: --prior 0 --out ...)"
     )
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full"
     size = SIZES[mode]
-    config = PipelineConfig.from_toml(PIPELINE)
+    config = PipelineConfig.from_toml(args.pipeline)
     if args.prior is not None:
         config = config.replace(attention={"prior": args.prior})
     epochs = args.epochs or config.train.epochs
@@ -274,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     val_set = [s for s in slides if s.split == "val"]
     test_set = [s for s in slides if s.split == "test"]
     boxes = lesion_boxes(cohort_dir / "ground_truth.json")
-    runs = CACHE / f"baselines_runs_{mode}" / f"prior{config.attention.prior:g}"
+    runs = (
+        CACHE / f"baselines_runs_{mode}" / f"{args.pipeline.stem}_prior{config.attention.prior:g}"
+    )
 
     log("1. attention sampling: training")
     t0 = time.perf_counter()
@@ -324,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# cohort: {size['n_slides']} synthetic slides of {size['size']} x {size['size']} px "
         f"(train {len(train_set)}, val {len(val_set)}, test {len(test_set)}), seed 0, "
         f"default spot diameter (1.5% of the side)",
-        f"# pipeline: {PIPELINE.relative_to(ROOT)}: low-res view {config.slide.lowres_size} px, "
+        f"# pipeline: {_show(args.pipeline)}: low-res view {config.slide.lowres_size} px, "
         f"tiles {config.slide.patch_size} px at level {config.slide.read_level}, N = {n_sampled} "
         f"per draw, {config.predict.n_draws} draws per slide, {epochs} epochs, attention "
         f"stain prior {config.attention.prior:g}",
@@ -376,6 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(tmp, out)
     log(f"written {out}")
     return 0
+
+
+def _show(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _ok(flag: bool) -> str:
