@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,70 @@ def test_write_slide_outputs(slide_path: Path, model, tmp_path: Path) -> None:
     img = Image.open(folder / "heatmap.png")
     assert img.format == "PNG" and max(img.size) == 1024
     assert not list(folder.glob(".*.tmp"))
+
+
+class MeanColour(torch.nn.Module):
+    """A deterministic feature: the mean RGB of the tile, ``[n, 3]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_stage_draws_estimate_the_exact_attention_sum(slide_path: Path, replace: bool) -> None:
+    """Over many draws, the estimator built from ``sample_slide``'s indices, attention and locations
+    averages to the exact ``sum_k a_k f_k`` over every cell (each within 4 standard errors)."""
+    from wsi_ats.core import expectation
+    from wsi_ats.inference.stages import cells_to_locations, read_tiles
+    from wsi_ats.models import SlideClassifier
+
+    cfg = CFG.replace(
+        sampling={"n_patches": 4, "replace": replace}, features={"dim": 3}, attention={"prior": 8.0}
+    )
+    model = SlideClassifier(cfg, feature_net=MeanColour()).eval()
+    view = view_slide(slide_path, cfg, "s1")
+    smp = sample_slide(view, model, n_draws=4000, seed=0)
+    att = torch.from_numpy(smp.attention).reshape(-1).double()
+    cells = torch.nonzero(att > 0)[:, 0]
+    locs = cells_to_locations(cells[None], smp.attention.shape, view, cfg)[0]
+    with open_slide(slide_path) as slide:
+        f_all = MeanColour()(
+            torch.from_numpy(read_tiles(slide, locs, 0, (32, 32))).permute(0, 3, 1, 2).double()
+            / 255
+        )
+    exact = (att[cells][:, None] * f_all).sum(0)
+    lookup = {int(c): i for i, c in enumerate(cells)}
+    feats = f_all[[lookup[int(i)] for i in smp.indices.reshape(-1)]].reshape(4000, 4, 3)
+    # the stored locations are those of the stored indices
+    np.testing.assert_array_equal(
+        smp.locations.reshape(-1, 2), locs[[lookup[int(i)] for i in smp.indices.reshape(-1)]]
+    )
+    np.testing.assert_allclose(
+        smp.sampled_attention, att.numpy()[smp.indices].astype(np.float32), rtol=1e-6
+    )
+    est = expectation(
+        torch.from_numpy(smp.sampled_attention).double(), feats, smp.replace
+    )  # [T, 3]
+    se = est.std(0) / math.sqrt(est.shape[0])
+    assert bool(((est.mean(0) - exact).abs() <= 4 * se + 1e-9).all()), (est.mean(0), exact, se)
+    assert float(est.std(0).max()) > 0  # the draws do differ: the test is not vacuous
+
+
+def test_tile_hits_and_lesion_boxes(tmp_path: Path) -> None:
+    from wsi_ats.inference.lesions import lesion_boxes, tile_hits
+
+    gt = tmp_path / "ground_truth.json"
+    gt.write_text(json.dumps({"slides": {"a": {"spots": [
+        {"kind": "malignant", "x": 100, "y": 200, "w": 50, "h": 50},
+        {"kind": "benign", "x": 0, "y": 0, "w": 50, "h": 50},
+    ]}, "b": {"spots": []}}}))  # fmt: skip
+    boxes = lesion_boxes(gt)
+    assert boxes["a"].shape == (1, 4) and boxes["b"].shape == (0, 4)
+    locs = np.array(
+        [[[90, 190], [0, 0], [140, 240]]]
+    )  # centres (106, 206) in, (6, 6) benign, (156, 256) out
+    hits = tile_hits(locs, (32, 32), boxes["a"])
+    assert hits.tolist() == [[True, False, False]]
+    assert not tile_hits(locs, (32, 32), boxes["b"]).any()
+    both = lesion_boxes(gt, kinds=("malignant", "benign"))
+    assert tile_hits(locs, (32, 32), both["a"]).tolist() == [[True, True, False]]
