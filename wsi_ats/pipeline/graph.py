@@ -8,8 +8,9 @@ For one slide (keys hash the slide id, the run seed and the model, so they are s
 
 Later stages get a higher priority so that slides in flight finish before new ones start, and every
 task is submitted with ``retries`` so a transient failure is retried (a task lost with a killed worker
-is rescheduled by the scheduler itself). The feature stage asks for a ``GPU`` resource when the
-cluster's workers declare one.
+is rescheduled by the scheduler itself). The feature stage carries the annotation
+``resources={"GPU": 1}`` (``Client.submit``'s ``resources=``, the same annotation ``dask.annotate``
+sets) when some worker of the cluster declares a ``GPU`` resource.
 """
 
 from __future__ import annotations
