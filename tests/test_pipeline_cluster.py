@@ -344,3 +344,13 @@ def test_local_cluster_and_in_memory_model(cohort: dict[str, Path], tmp_path: Pa
     df = predict_cohort(cohort["two"], model, out)
     assert (df["status"] == "ok").all() and len(df) == 2
     _assert_matches_single_process(out, cohort["two"], cohort["model"])
+
+
+def test_cli_unreachable_scheduler(cohort: dict[str, Path], tmp_path: Path) -> None:
+    nobody = f"tcp://127.0.0.1:{_free_port()}"
+    cmd = _predict_cmd(cohort["two"], cohort["model"], tmp_path / "out", nobody)
+    done = subprocess.run(
+        [*cmd, "--connect-timeout", "2"], env=_env(), capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 2
+    assert f"cannot reach scheduler {nobody}" in done.stderr

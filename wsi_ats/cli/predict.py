@@ -30,6 +30,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="run on this existing dask-distributed scheduler (default: a local cluster)",
     )
     p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to try reaching --scheduler",
+    )
+    p.add_argument(
         "--workers", type=int, default=None, help="local cluster: worker processes (default: cores)"
     )
     p.add_argument(
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     bar: tqdm | None = None
     start = time.time()
     tiles = 0
+    started = False  # connected to the cluster
 
     def on_progress(event: ProgressEvent) -> None:
         nonlocal bar, tiles
@@ -99,8 +107,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         with open_client(
-            args.scheduler, n_workers=args.workers, threads_per_worker=args.threads_per_worker
+            args.scheduler,
+            n_workers=args.workers,
+            threads_per_worker=args.threads_per_worker,
+            timeout=f"{args.connect_timeout}s",
         ) as client:
+            started = True
             link = dashboard_link(client)
             print(f"dask dashboard: {link or 'not available (install bokeh)'}", file=sys.stderr)
             start = time.time()
@@ -119,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, RunSettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, TimeoutError) as exc:
+        if args.scheduler and not started:
+            print(f"error: cannot reach scheduler {args.scheduler}: {exc}", file=sys.stderr)
+            return 2
+        raise
     finally:
         if bar is not None:
             bar.close()
