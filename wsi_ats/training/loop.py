@@ -157,14 +157,15 @@ def train(
     train_set, val_set = split_cohort(slides, tc.val_fraction, tc.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     with SlideStore(config, tc.read_workers) as store:
-        store.prefetch_views(train_set + val_set)
         epochs_bar = tqdm(
             total=total_epochs, initial=start_epoch - 1, desc="train", unit="epoch",
             disable=not progress,
         )  # fmt: skip
         for epoch in range(start_epoch, total_epochs + 1):
             t0 = time.perf_counter()
-            row = _run_epoch(model, optimizer, store, train_set, epoch, total_epochs, progress)
+            row = _run_epoch(
+                model, optimizer, store, train_set, val_set, epoch, total_epochs, progress
+            )
             val_probs, val_labels = evaluate(model, store, val_set, tc.val_draws, tc.seed)
             row["val_auc"] = safe_auc(val_labels, val_probs)
             row["val_loss"] = bce(val_labels, val_probs)
@@ -216,6 +217,7 @@ def _run_epoch(
     optimizer: torch.optim.Optimizer,
     store: SlideStore,
     train_set: list[LabelledSlide],
+    val_set: list[LabelledSlide],
     epoch: int,
     total_epochs: int,
     progress: bool,
@@ -235,8 +237,14 @@ def _run_epoch(
         disable=not progress,
         leave=False,
     )
-    for start in range(0, len(order), tc.batch_size):
-        batch = [train_set[i] for i in order[start : start + tc.batch_size]]
+    batches = [
+        [train_set[i] for i in order[start : start + tc.batch_size]]
+        for start in range(0, len(order), tc.batch_size)
+    ]
+    store.prefetch_views(batches[0] if batches else [])
+    for k, batch in enumerate(batches):
+        # views of the next batch (no weights involved) are computed while this one trains
+        store.prefetch_views(batches[k + 1] if k + 1 < len(batches) else val_set)
         stats = train_step(model, optimizer, store, batch, generator)
         losses.extend([stats.loss] * len(batch))
         probs.extend(stats.probabilities)

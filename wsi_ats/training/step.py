@@ -8,7 +8,9 @@ distribution the cells were drawn from), the attention of the drawn cells is gat
 tiles are awaited and the feature net, the estimator and the loss run. Reads of slides ``j+1..B``
 therefore overlap the compute of slide ``j``, and the estimator is exactly the unbiased one of
 ``core.expectation``: no stale weights are ever used to draw. Each slide is its own forward pass
-(low-res views differ in size), gradients are accumulated over the batch (loss / B each).
+(low-res views differ in size), gradients are accumulated over the batch (loss / B each). The
+low-res views and tissue masks of the *next* batch do not depend on the weights, so the loop
+(``loop._run_epoch``) has the pool compute them while this batch trains; they stay cached.
 """
 
 from __future__ import annotations
