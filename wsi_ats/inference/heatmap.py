@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from wsi_ats.atomic import atomic_path
 
 if TYPE_CHECKING:
     from wsi_ats.inference.stages import SlidePrediction, SlideView
@@ -73,12 +74,9 @@ def render_heatmap(
 
 def save_png(img: Image.Image, path: str | Path) -> Path:
     """Write ``img`` as PNG atomically (temporary file, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
 
 
 def heatmap_of(prediction: SlidePrediction, view: SlideView, max_side: int = 1024) -> Image.Image:

@@ -10,23 +10,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from wsi_ats.atomic import atomic_write_bytes
 from wsi_ats.inference.heatmap import heatmap_of, save_png
 from wsi_ats.inference.stages import SlidePrediction, SlideView
 from wsi_ats.pipeline.paths import slide_dir
 
 PREDICTION_FILE = "prediction.json"
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def prediction_record(prediction: SlidePrediction) -> dict[str, Any]:
@@ -70,12 +64,12 @@ def write_slide_outputs(
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.save(buf, np.asarray(prediction.attention, dtype=np.float32))
-    _atomic_bytes(folder / "attention.npy", buf.getvalue())
-    _atomic_bytes(folder / "coords.csv", coords_csv(prediction).encode())
+    atomic_write_bytes(folder / "attention.npy", buf.getvalue())
+    atomic_write_bytes(folder / "coords.csv", coords_csv(prediction).encode())
     if heatmap:
         save_png(heatmap_of(prediction, view), folder / "heatmap.png")
     record = json.dumps(prediction_record(prediction), indent=2) + "\n"
-    _atomic_bytes(folder / PREDICTION_FILE, record.encode())
+    atomic_write_bytes(folder / PREDICTION_FILE, record.encode())
     return folder
 
 

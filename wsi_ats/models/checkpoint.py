@@ -7,7 +7,6 @@ config for people and tools.
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from wsi_ats.atomic import atomic_path, atomic_write_text
 from wsi_ats.models.classifier import SlideClassifier
 from wsi_ats.models.config import ConfigError, PipelineConfig
 
@@ -44,12 +44,9 @@ def save_checkpoint(path: str | Path, model: SlideClassifier, epoch: int, **extr
         "epoch": int(epoch),
         **extra,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    cfg_tmp = path.with_name(".config.json.tmp")
-    cfg_tmp.write_text(model.config.to_json() + "\n")
-    os.replace(cfg_tmp, path.with_name("config.json"))
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    atomic_write_text(path.with_name("config.json"), model.config.to_json() + "\n")
     return path
 
 

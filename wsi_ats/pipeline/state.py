@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from wsi_ats.atomic import atomic_write_bytes, atomic_write_json
 from wsi_ats.pipeline.paths import slide_dir
 
 PREDICTION_FILE = "prediction.json"
@@ -26,27 +25,6 @@ ERROR_FILE = "error.json"
 PREDICTIONS_CSV = "predictions.csv"
 LOG_FILE = "pipeline-log.jsonl"
 COLUMNS = ["slide_id", "probability", "prediction", "std", "n_patches", "status", "error"]
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """``obj`` as indented JSON, written atomically."""
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def is_finished(out: str | Path, slide_id: str) -> bool:

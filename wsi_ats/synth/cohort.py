@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_ats.atomic import atomic_path, atomic_write_text
 from wsi_ats.synth.render import level_shapes
 from wsi_ats.synth.slide import DEFAULT_MPP, slide_layout, write_synthetic_slide
 
@@ -218,21 +219,13 @@ def make_cohort(
 
     ids = [f"slide_{i:04d}" for i in range(n_slides)]
     gt = {"params": params, "slides": {i: truths[i] for i in ids}}
-    _atomic_write(out_dir / GROUND_TRUTH, json.dumps(gt, indent=1))
+    atomic_write_text(out_dir / GROUND_TRUTH, json.dumps(gt, indent=1))
     rows = [
         {"slide_id": i, "path": p, "label": int(lab), "split": s}
         for i, p, lab, s in zip(ids, rel_paths, labels, split_names, strict=True)
     ]
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(manifest) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["slide_id", "path", "label", "split"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, manifest)
     return manifest
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

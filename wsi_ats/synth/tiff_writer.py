@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from wsi_ats.atomic import atomic_path
+
 COMPRESSIONS = ("jpeg", "zlib")
 _END = object()
 
@@ -73,24 +75,19 @@ def write_pyramid(
                 raise ValueError(f"level {level}: more than {expected} tiles")
             yield blank_bytes if t is None else encode(np.ascontiguousarray(t))
 
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
-            for level, (h, w) in enumerate(shapes):
-                ds = 2**level
-                res = 1e4 / (mpp * ds)  # pixels per centimetre
-                tif.write(
-                    encoded(level),
-                    shape=(h, w, 3),
-                    dtype=np.uint8,
-                    tile=(tile, tile),
-                    photometric="rgb",
-                    subfiletype=1 if level else 0,
-                    resolution=(res, res),
-                    resolutionunit="CENTIMETER",
-                    metadata=None,
-                    **kwargs,
-                )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+        for level, (h, w) in enumerate(shapes):
+            ds = 2**level
+            res = 1e4 / (mpp * ds)  # pixels per centimetre
+            tif.write(
+                encoded(level),
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                subfiletype=1 if level else 0,
+                resolution=(res, res),
+                resolutionunit="CENTIMETER",
+                metadata=None,
+                **kwargs,
+            )

@@ -18,6 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
+from wsi_ats.atomic import atomic_path
 from wsi_ats.inference.stages import aggregate_slide, sample_slide, tile_features
 from wsi_ats.models import (
     CheckpointError,
@@ -263,13 +264,11 @@ def _run_epoch(
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
         writer.writeheader()
         for row in history:
             writer.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
-    tmp.replace(path)
 
 
 def _read_history(path: Path) -> list[dict]:
