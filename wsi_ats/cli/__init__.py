@@ -18,21 +18,15 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every subcommand that is installed."""
+    """The top-level parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="wsi-ats",
         description="Slide-level predictions on whole-slide images by attention sampling.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, module in SUBCOMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.add_parser(sub)
+    for module in SUBCOMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 

@@ -5,6 +5,7 @@ Everything binds to 127.0.0.1 unless the user points ``--scheduler`` at another 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,9 @@ def local_cluster(
         "processes": True,
         "host": "127.0.0.1",
         "dashboard_address": "127.0.0.1:0",
+        # a failing slide is reported in its error row and error.json; the workers' own
+        # "Compute Failed" tracebacks (one per retry) would only bury the progress bar
+        "silence_logs": logging.CRITICAL,
     }
     options.update(kwargs)
     with dask.config.set(LOCAL_CLUSTER_CONFIG):  # read by each Nanny (and passed to its worker)
