@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
 WHITE = 255
+READ_THREADS = 8  # default threads of a slide's batched reads
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Slide(abc.ABC):
@@ -84,6 +90,49 @@ class Slide(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, dimensions={self.dimensions})"
+
+
+class PooledSlide(Slide):
+    """A backend whose batched reads run on a per-slide thread pool, started on first use.
+
+    Subclasses set ``path`` and call :meth:`_init_reads`; ``read_threads`` (default
+    ``READ_THREADS``) is the pool's size, 1 reads serially. :meth:`close` shuts the pool down once
+    and then calls :meth:`_close_backend`.
+    """
+
+    read_threads: int
+
+    def _init_reads(self, thread_name: str) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread_name = thread_name
+        self.read_threads = READ_THREADS
+
+    def _map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterable[R]:
+        """``fn`` over ``items`` on the pool (serially for one item or ``read_threads <= 1``)."""
+        if len(items) <= 1 or self.read_threads <= 1:
+            return [fn(item) for item in items]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.read_threads, thread_name_prefix=self._thread_name
+                )
+            pool = self._pool
+        return list(pool.map(fn, items))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        self._close_backend()
+
+    def _close_backend(self) -> None:
+        """Release what the backend holds besides the pool (nothing by default)."""
 
 
 def _as_locations(locations: Sequence[tuple[int, int]] | np.ndarray) -> np.ndarray:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import openslide
 
-from .base import Slide, _as_locations, _as_size, _check_level
+from .base import PooledSlide, _as_locations, _as_size, _check_level
 from .errors import SlideOpenError, SlideReadError, describe
 
-CACHE_BYTES = 256 * 2**20
-READ_THREADS = 8
+#: Size of the process-wide OpenSlide tile cache; ``WSI_ATS_OPENSLIDE_CACHE_MB`` overrides it.
+#: Attention sampling reads each tile of a slide about once, so a large cache buys little and costs
+#: resident memory in every worker process.
+CACHE_BYTES = int(float(os.environ.get("WSI_ATS_OPENSLIDE_CACHE_MB", "64")) * 2**20)
 
 _cache: openslide.OpenSlideCache | None = None
 _cache_lock = threading.Lock()
@@ -43,7 +44,7 @@ def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-class OpenSlideSlide(Slide):
+class OpenSlideSlide(PooledSlide):
     """A slide read through OpenSlide. Reads are safe from several threads at once."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -60,10 +61,7 @@ class OpenSlideSlide(Slide):
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             self._osr.close()
             raise SlideOpenError(self.path, f"unreadable metadata ({describe(exc)})") from exc
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self.read_threads = READ_THREADS  # threads of read_regions; 1 reads serially
+        self._init_reads("wsi-ats-openslide")
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
@@ -107,34 +105,14 @@ class OpenSlideSlide(Slide):
         locs = _as_locations(locations)
         w, h = _as_size(size)
         out = np.empty((len(locs), h, w, 3), dtype=np.uint8)
-        if len(locs) <= 1 or self.read_threads <= 1:
-            for i, (x, y) in enumerate(locs):
-                out[i] = self.read_region((int(x), int(y)), level, (w, h))
-            return out
 
         def one(i: int) -> None:
             out[i] = self.read_region((int(locs[i, 0]), int(locs[i, 1])), level, (w, h))
 
-        for _ in self._executor().map(one, range(len(locs))):
-            pass
+        self._map(one, range(len(locs)))
         return out
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    READ_THREADS, thread_name_prefix="wsi-ats-openslide"
-                )
-            return self._pool
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+    def _close_backend(self) -> None:
         self._osr.close()
 
 

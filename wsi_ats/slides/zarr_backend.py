@@ -7,25 +7,22 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import zarr
 
-from .base import WHITE, Slide, _as_locations, _as_size, _check_level, level_origin
+from .base import WHITE, PooledSlide, _as_locations, _as_size, _check_level, level_origin
 from .errors import SlideOpenError, SlideReadError, describe
 
-READ_THREADS = 8
 CHUNK_BUDGET_BYTES = 256 * 2**20  # decoded chunks held at once by one read_regions call
 HTTP_TIMEOUT_S = 60.0
 _UNITS_TO_UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "meter": 1e6}
 _Key = tuple[int, int]
 
 
-class OmeZarrSlide(Slide):
+class OmeZarrSlide(PooledSlide):
     """An OME-Zarr image (NGFF ``multiscales``) read as a slide.
 
     Supported axes: ``y, x`` plus an optional channel axis (1, 3 or 4 channels; ``cyx``, ``yxc``) and
@@ -48,10 +45,7 @@ class OmeZarrSlide(Slide):
         scales = _yx_scales(ms, self._iy, self._ix, len(self._arrays))
         self._ds_xy = _downsamples(self._dims, scales)
         self._mpp = _mpp_from(ms, self._iy, self._ix, scales)
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-        self.read_threads = READ_THREADS  # threads of read_regions; 1 reads serially
+        self._init_reads("wsi-ats-zarr")
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
@@ -134,9 +128,7 @@ class OmeZarrSlide(Slide):
                 )
 
     def _fetch_many(self, level: int, keys: list[_Key]) -> list[np.ndarray]:
-        if len(keys) <= 1 or self.read_threads <= 1:
-            return [self._fetch(level, k) for k in keys]
-        return list(self._executor().map(lambda k: self._fetch(level, k), keys))
+        return list(self._map(lambda k: self._fetch(level, k), keys))
 
     def _fetch(self, level: int, key: _Key) -> np.ndarray:
         """Chunk ``key=(row, col)`` of ``level`` as a ``[bh, bw, C]`` view (C = channels)."""
@@ -160,23 +152,6 @@ class OmeZarrSlide(Slide):
             return block[..., None] if kept == ["y", "x"] else block.T[..., None]
         order = [kept.index("y"), kept.index("x"), kept.index(self._axes[self._ic])]
         return block.transpose(order)
-
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    self.read_threads, thread_name_prefix="wsi-ats-zarr"
-                )
-            return self._pool
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
 
 
 class _TilePlan:
