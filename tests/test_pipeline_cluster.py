@@ -23,7 +23,7 @@ import pytest
 import torch
 from distributed import Client, get_task_stream
 
-from wsi_ats.inference import predict_slide
+from wsi_ats.inference import predict_slide, tile_features
 from wsi_ats.models import PipelineConfig, build_model, load_model, save_checkpoint
 from wsi_ats.pipeline import predict_cohort
 from wsi_ats.pipeline.cluster import workers_have_gpu
@@ -31,6 +31,7 @@ from wsi_ats.pipeline.cohort import ProgressEvent, RunSettingsError
 from wsi_ats.pipeline.manifest import load_manifest
 from wsi_ats.pipeline.paths import slide_dir
 from wsi_ats.pipeline.state import COLUMNS, read_log
+from wsi_ats.slides import open_slide
 from wsi_ats.synth import make_cohort
 
 pytestmark = pytest.mark.timeout(240)
@@ -344,6 +345,30 @@ def test_local_cluster_and_in_memory_model(cohort: dict[str, Path], tmp_path: Pa
     df = predict_cohort(cohort["two"], model, out)
     assert (df["status"] == "ok").all() and len(df) == 2
     _assert_matches_single_process(out, cohort["two"], cohort["model"])
+
+
+def test_save_features_matches_the_sampled_tiles(
+    client: Client, cohort: dict[str, Path], tmp_path: Path
+) -> None:
+    """``save_features``: features.npy per slide, one row per coords.csv row, equal to recomputing
+    them from the slide; refused when resuming a run that did not save them."""
+    model = load_model(cohort["model"])
+    out = tmp_path / "out"
+    df = predict_cohort(cohort["two"], cohort["model"], out, client=client, save_features=True)
+    assert (df["status"] == "ok").all()
+    for entry in load_manifest(cohort["two"]):
+        folder = slide_dir(out, entry.slide_id)
+        feats = np.load(folder / "features.npy")
+        coords = pd.read_csv(folder / "coords.csv")
+        ref = _reference(entry.path, model, entry.slide_id)
+        assert feats.dtype == np.float32 and feats.shape[0] == len(coords)
+        level, patch = model.config.slide.read_level, model.config.slide.patch_size
+        with open_slide(entry.path) as slide:
+            tiles = slide.read_regions(coords[["x", "y"]].to_numpy(), level, (patch, patch))
+        assert len(coords) == ref.locations.reshape(-1, 2).shape[0]
+        np.testing.assert_allclose(feats, tile_features(model, tiles), atol=1e-5)
+    with pytest.raises(RunSettingsError, match="save_features"):
+        predict_cohort(cohort["two"], cohort["model"], out, client=client)
 
 
 def test_cli_unreachable_scheduler(cohort: dict[str, Path], tmp_path: Path) -> None:

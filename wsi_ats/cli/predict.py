@@ -57,6 +57,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default="error-row",
         help="a manifest path that does not exist: an error row (default) or refuse the manifest",
     )
+    p.add_argument(
+        "--save-features",
+        action="store_true",
+        help="also write each slide's sampled tile features (features.npy, float32 [T*N, D], "
+        "rows in coords.csv order)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_slides=args.batch_slides,
                 retries=args.retries,
                 progress=on_progress,
+                save_features=args.save_features,
             )
     except (CheckpointError, RunSettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -90,8 +90,11 @@ def _check_run_settings(out: Path, settings: dict[str, Any]) -> None:
         both_files = all(
             str(m).startswith("sha256:") for m in (old.get("model"), settings["model"])
         )
-        keys = ["seed", "n_draws"] + (["model"] if both_files else [])  # in-memory: not comparable
-        diff = [k for k in keys if old.get(k) != settings[k]]
+        keys = ["seed", "n_draws", "save_features"] + (["model"] if both_files else [])
+        # (an in-memory model's token is not comparable across runs; runs from before
+        # save_features existed did not save them)
+        defaults = {"save_features": False}
+        diff = [k for k in keys if old.get(k, defaults.get(k)) != settings[k]]
         if diff:
             details = ", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in diff)
             raise RunSettingsError(
@@ -123,6 +126,7 @@ def predict_cohort(
     retries: int = 2,
     on_missing: OnMissing = "error-row",
     progress: Callable[[ProgressEvent], None] | None = None,
+    save_features: bool = False,
 ) -> pd.DataFrame:
     """Predict every slide of ``manifest`` into ``out``; returns the ``predictions.csv`` table.
 
@@ -131,7 +135,9 @@ def predict_cohort(
     to the machine. ``n_draws``/``seed`` default to the model config's ``[predict]`` section; per-slide
     seeds derive from ``(seed, slide_id)``. ``max_in_flight`` (default: 8 per worker thread, at least
     ``4 * batch_slides``) bounds the slides in the graph; ``batch_slides`` slides share one feature
-    pass. The manifest is validated first (:class:`~wsi_ats.pipeline.manifest.ManifestError`).
+    pass. ``save_features`` also writes each slide's sampled tile features (``features.npy``,
+    float32 ``[T*N, D]`` in ``coords.csv`` order), for cohort-level feature extraction. The
+    manifest is validated first (:class:`~wsi_ats.pipeline.manifest.ManifestError`).
 
     The returned frame has the columns of ``predictions.csv`` and ``attrs`` ``computed``, ``failed``
     and ``skipped`` (lists of slide ids of this run).
@@ -144,7 +150,13 @@ def predict_cohort(
         model_arg, model_token, config = _model_param(model, c)
         n_draws = int(n_draws if n_draws is not None else config.predict.n_draws)
         seed = int(seed if seed is not None else config.predict.seed)
-        _check_run_settings(out, {"seed": seed, "n_draws": n_draws, "model": model_token})
+        settings = {
+            "seed": seed,
+            "n_draws": n_draws,
+            "model": model_token,
+            "save_features": bool(save_features),
+        }
+        _check_run_settings(out, settings)
         params = RunParams(
             model=model_arg,
             model_token=model_token,
@@ -154,6 +166,7 @@ def predict_cohort(
             tile_batch_size=int(config.predict.tile_batch_size),
             retries=retries,
             gpu=workers_have_gpu(c),
+            save_features=bool(save_features),
         )
         if max_in_flight is None:  # enough ready work to hide scheduling latency on each thread
             max_in_flight = max(4 * batch_slides, 8 * total_threads(c))

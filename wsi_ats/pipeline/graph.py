@@ -40,6 +40,7 @@ class RunParams:
     tile_batch_size: int = 128
     retries: int = 2
     gpu: bool = False
+    save_features: bool = False
 
 
 @dataclass
@@ -72,7 +73,17 @@ def slide_key(stage: str, entry: SlideEntry, params: RunParams) -> str:
     The id itself stays out of the key so that Dask groups tasks by stage (``key_split`` would keep
     words of ids such as ``TCGA-...`` and make one task prefix, with its metrics, per slide).
     """
-    token = tokenize(entry.slide_id, entry.path, params.seed, params.n_draws, params.model_token)
+    # ``out`` and ``save_features`` too: the finish task writes there, and two runs into different
+    # folders on one cluster must not share (and so skip) each other's tasks
+    token = tokenize(
+        entry.slide_id,
+        entry.path,
+        params.seed,
+        params.n_draws,
+        params.model_token,
+        params.out,
+        params.save_features,
+    )
     return f"{stage}-{token}"
 
 
@@ -132,6 +143,7 @@ def submit_batch(client: Client, slides: list[SlideTasks], params: RunParams) ->
             features,
             index,
             params.out,
+            params.save_features,
             key=slide_key("finish", s.entry, params),
             priority=PRIORITY["finish"],
             retries=params.retries,

@@ -9,6 +9,7 @@ a model scattered to every worker with ``broadcast=True``; it is never pickled p
 from __future__ import annotations
 
 import functools
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsi_ats.atomic import atomic_write_bytes
 from wsi_ats.inference import stages
 from wsi_ats.inference.outputs import write_slide_outputs
+from wsi_ats.pipeline.paths import slide_dir
 from wsi_ats.pipeline.state import clear_error
 from wsi_ats.slides import open_slide
+
+FEATURES_FILE = "features.npy"  # optional per-slide output: sampled tile features
 
 
 @dataclass(frozen=True)
@@ -112,10 +117,24 @@ def features_task(
 
 
 def finish_task(
-    model: Any, view: Any, sample: Any, features: list[np.ndarray], index: int, out: str
+    model: Any,
+    view: Any,
+    sample: Any,
+    features: list[np.ndarray],
+    index: int,
+    out: str,
+    save_features: bool = False,
 ) -> dict[str, Any]:
-    """Aggregate, predict and write the slide's outputs atomically; returns a small summary."""
+    """Aggregate, predict and write the slide's outputs atomically; returns a small summary.
+
+    With ``save_features`` the slide's sampled tile features are kept too, as ``features.npy``
+    (float32 ``[T*N, D]``, rows in the order of ``coords.csv``), before ``prediction.json``.
+    """
     pred = stages.aggregate_slide(resolve_model(model), sample, features[index])
+    if save_features:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(features[index], dtype=np.float32))
+        atomic_write_bytes(slide_dir(out, pred.slide_id) / FEATURES_FILE, buf.getvalue())
     write_slide_outputs(pred, view, out)
     clear_error(out, pred.slide_id)
     return {
