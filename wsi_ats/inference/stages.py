@@ -153,7 +153,9 @@ def cells_to_locations(
         config.sampling.receptive_field,
     )  # [B, n, 2] (y, x) at read level
     xy = offsets.flip(-1).double() * view.read_downsample
-    return torch.round(xy).long().numpy().reshape(*indices.shape, 2)
+    # smallest level-0 pixel that maps back (floor(loc / ds)) onto the read-level offset; rounding
+    # would land one read-level pixel early whenever it rounds down at a non-integer downsample
+    return torch.ceil(xy - 1e-6).long().numpy().reshape(*indices.shape, 2)
 
 
 def effective_replace(attention: torch.Tensor, n: int, replace: bool) -> bool:

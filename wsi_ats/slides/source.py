@@ -49,9 +49,11 @@ class SlidePatchSource:
         h, w = int(size[0]), int(size[1])
         sy, sx = self.scales[batch_index]
         yx = offsets.detach().to("cpu", torch.float64).numpy().reshape(-1, 2)
-        locations = np.stack([np.round(yx[:, 1] * sx), np.round(yx[:, 0] * sy)], axis=1).astype(
-            np.int64
-        )
+        # ceil: the smallest level-0 pixel whose floor(loc / ds) is the offset (round can land one
+        # read-level pixel early at a non-integer downsample)
+        locations = np.stack(
+            [np.ceil(yx[:, 1] * sx - 1e-6), np.ceil(yx[:, 0] * sy - 1e-6)], axis=1
+        ).astype(np.int64)
         tiles = self.slides[batch_index].read_regions(locations, self.level, (w, h))
         patches = torch.from_numpy(tiles).permute(0, 3, 1, 2).float().div_(255.0)
         return patches.to(offsets.device)

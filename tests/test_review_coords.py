@@ -1,0 +1,64 @@
+"""Review regressions: read-level offsets survive the level-0 round trip at non-integer downsamples."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from wsi_ats.inference.stages import SlideView, cells_to_locations
+from wsi_ats.models import PipelineConfig
+from wsi_ats.slides.base import level_origin
+
+
+def test_cells_to_locations_round_trips_to_read_level_at_non_integer_downsample() -> None:
+    ds = 4.016
+    cfg = PipelineConfig()
+    view = SlideView(
+        slide_id="s",
+        path="s.svs",
+        image=np.zeros((64, 80, 3), np.uint8),
+        mask=np.ones((64, 80), bool),
+        scale=(64.0, 64.0),
+        level0_size=(4096, 5120),
+        read_level=1,
+        read_downsample=ds,
+    )
+    map_size = (32, 40)
+    idx = torch.arange(map_size[0] * map_size[1]).reshape(1, -1)
+    from wsi_ats.core import cell_offsets
+
+    yx = cell_offsets(
+        idx, map_size, (64, 80), view.read_size, cfg.slide.patch_size, cfg.sampling.receptive_field
+    )[0].numpy()
+    xy0 = cells_to_locations(idx, map_size, view, cfg)[0]
+    back = np.array([level_origin((int(x), int(y)), (ds, ds)) for x, y in xy0])
+    np.testing.assert_array_equal(back[:, ::-1], yx)
+
+
+class _RecordingSlide:
+    """Just enough of a Slide for SlidePatchSource: records the level-0 locations it is asked for."""
+
+    path = "rec.svs"
+    level_dimensions = ((5120, 4096), (1275, 1020))
+    level_downsamples = (1.0, 4.016)
+
+    def __init__(self) -> None:
+        self.locations: np.ndarray | None = None
+
+    def read_regions(self, locations: np.ndarray, level: int, size: tuple[int, int]) -> np.ndarray:
+        self.locations = np.asarray(locations)
+        w, h = size
+        return np.zeros((len(locations), h, w, 3), np.uint8)
+
+
+def test_slide_patch_source_locations_round_trip_to_read_level_offsets() -> None:
+    from wsi_ats.slides.source import SlidePatchSource
+
+    slide = _RecordingSlide()
+    src = SlidePatchSource([slide], level=1)  # type: ignore[list-item]
+    yx = torch.stack(torch.meshgrid(torch.arange(-3, 40), torch.arange(0, 43), indexing="ij"), -1)
+    yx = yx.reshape(-1, 2)
+    src.read_patches(0, yx, (4, 4))
+    assert slide.locations is not None
+    back = np.array([level_origin((int(x), int(y)), (4.016, 4.016)) for x, y in slide.locations])
+    np.testing.assert_array_equal(back[:, ::-1], yx.numpy())
