@@ -62,3 +62,36 @@ def test_slide_patch_source_locations_round_trip_to_read_level_offsets() -> None
     assert slide.locations is not None
     back = np.array([level_origin((int(x), int(y)), (4.016, 4.016)) for x, y in slide.locations])
     np.testing.assert_array_equal(back[:, ::-1], yx.numpy())
+
+
+class _LevelArraySlide:
+    """A two-level in-memory slide whose reads map level-0 locations as the zarr backend does."""
+
+    path = "mem.zarr"
+
+    def __init__(self, level1: np.ndarray, ds: float) -> None:
+        self.level1 = level1
+        self.ds = ds
+        h, w = level1.shape[:2]
+        self.level_dimensions = ((round(w * ds), round(h * ds)), (w, h))
+        self.level_downsamples = (1.0, ds)
+        self.level_count = 2
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]):
+        assert level == 1
+        ox, oy = level_origin(location, (self.ds, self.ds))
+        w, h = size
+        return self.level1[oy : oy + h, ox : ox + w]
+
+
+def test_stream_reduce_reads_tiles_at_their_level_origin_at_non_integer_downsample(
+    monkeypatch,
+) -> None:
+    from wsi_ats.slides import lowres
+
+    monkeypatch.setattr(lowres, "STREAM_TILE", 8)
+    rng = np.random.default_rng(0)
+    level1 = rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    slide = _LevelArraySlide(level1, 4.3)
+    got = lowres.stream_reduce(slide, 1, 4)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(got, lowres.area_reduce(level1, 4))

@@ -69,7 +69,9 @@ def stream_reduce(slide: Slide, level: int, factor: int) -> np.ndarray:
         th = min(step, hl - y)
         for x in range(0, wl, step):
             tw = min(step, wl - x)
-            tile = slide.read_region((round(x * ds), round(y * ds)), level, (tw, th))
+            # ceil: the level-0 pixel whose floor(loc / ds) is (x, y) (round can land a pixel early)
+            loc = (math.ceil(x * ds - 1e-6), math.ceil(y * ds - 1e-6))
+            tile = slide.read_region(loc, level, (tw, th))
             oy, ox = y // factor, x // factor
             block = area_reduce(tile, factor)
             out[oy : oy + block.shape[0], ox : ox + block.shape[1]] = block
