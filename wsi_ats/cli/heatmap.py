@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         pred, view = predict_slide(
             args.slide, args.model, n_draws=args.draws, seed=args.seed, return_view=True
         )
-    except (CheckpointError, SlideError) as exc:
+    except (CheckpointError, SlideError, ValueError) as exc:  # ValueError: e.g. --draws 0
         print(f"wsi-ats heatmap: {exc}", file=sys.stderr)
         return 2
     save_png(heatmap_of(pred, view, max_side=args.size), args.out)

@@ -173,6 +173,8 @@ def sample_slide(
     """
     cfg = model.config
     n_draws = cfg.predict.n_draws if n_draws is None else int(n_draws)
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1, got {n_draws} (slide {view.slide_id!r})")
     seed = cfg.predict.seed if seed is None else int(seed)
     n = cfg.sampling.n_patches
     device = model.device
