@@ -25,3 +25,14 @@ def test_sample_slide_rejects_non_positive_n_draws(n_draws: int) -> None:
     )
     with pytest.raises(ValueError, match="n_draws"):
         sample_slide(view, model, n_draws=n_draws)
+
+
+def test_cell_offsets_accepts_numpy_integer_sizes() -> None:
+    import torch
+
+    from wsi_ats.core import cell_offsets
+
+    idx = torch.tensor([[0, 5, 11]])
+    expected = cell_offsets(idx, (3, 4), (6, 8), (60, 80), 10, 0)
+    got = cell_offsets(idx, (3, 4), (6, 8), (60, 80), np.int64(10), np.int64(0))
+    torch.testing.assert_close(got, expected)

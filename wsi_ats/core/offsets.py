@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -11,8 +12,8 @@ __all__ = ["cell_offsets"]
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
+    if isinstance(value, numbers.Integral):  # int, numpy and other integer scalars
+        return int(value), int(value)
     pair = tuple(int(v) for v in value)
     if len(pair) != 2:
         raise ValueError(f"{name} must be an int or a (y, x) pair, got {value!r}")
