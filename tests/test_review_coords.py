@@ -28,7 +28,12 @@ def test_cells_to_locations_round_trips_to_read_level_at_non_integer_downsample(
     from wsi_ats.core import cell_offsets
 
     yx = cell_offsets(
-        idx, map_size, (64, 80), view.read_size, cfg.slide.patch_size, cfg.sampling.receptive_field
+        idx,
+        map_size,
+        (64, 80),
+        (64 * 64 / ds, 80 * 64 / ds),  # the view's extent in read-level pixels
+        cfg.slide.patch_size,
+        cfg.sampling.receptive_field,
     )[0].numpy()
     xy0 = cells_to_locations(idx, map_size, view, cfg)[0]
     back = np.array([level_origin((int(x), int(y)), (ds, ds)) for x, y in xy0])
@@ -95,3 +100,26 @@ def test_stream_reduce_reads_tiles_at_their_level_origin_at_non_integer_downsamp
     slide = _LevelArraySlide(level1, 4.3)
     got = lowres.stream_reduce(slide, 1, 4)  # type: ignore[arg-type]
     np.testing.assert_array_equal(got, lowres.area_reduce(level1, 4))
+
+
+def test_cells_to_locations_follow_the_view_scale_when_it_overhangs_the_slide() -> None:
+    """A streamed view (ceil(h / k) pixels of k level pixels each) reaches past the slide's far
+    edge; cell centres must map to level 0 through ``view.scale``, as the heatmap draws them."""
+    cfg = PipelineConfig().replace(slide={"patch_size": 16})
+    # level 0 of 1000 x 1000 px, reduced by k = 48 -> ceil(1000 / 48) = 21 px: scale 48, not 47.6
+    view = SlideView(
+        slide_id="s",
+        path="s.tif",
+        image=np.zeros((21, 21, 3), np.uint8),
+        mask=np.ones((21, 21), bool),
+        scale=(48.0, 48.0),
+        level0_size=(1000, 1000),
+        read_level=0,
+        read_downsample=1.0,
+    )
+    idx = torch.tensor([[0, 20, 20 * 21 + 20, 10 * 21 + 5]])
+    xy = cells_to_locations(idx, (21, 21), view, cfg)[0]
+    rows, cols = (idx[0] // 21).numpy(), (idx[0] % 21).numpy()
+    centre = xy + 8  # tile centre, level-0 px
+    np.testing.assert_allclose(centre[:, 0], (cols + 0.5) * 48.0, atol=1)
+    np.testing.assert_allclose(centre[:, 1], (rows + 0.5) * 48.0, atol=1)

@@ -144,11 +144,16 @@ def cells_to_locations(
     """Level-0 ``(x, y)`` top-left ``int64[..., n, 2]`` of the tiles centred on cells ``indices``."""
     flat = indices.reshape(-1, indices.shape[-1])
     p = config.slide.patch_size
+    low_h, low_w = view.image.shape[:2]
+    sy, sx = view.scale
+    # extent of the view in read-level pixels: a streamed view (ceil(h / k) pixels of k) may reach
+    # past the slide's edge, so it is low size x scale, not the read level's size
+    view_extent = (low_h * sy / view.read_downsample, low_w * sx / view.read_downsample)
     offsets = cell_offsets(
         flat.cpu(),
         map_size,
-        view.image.shape[:2],
-        view.read_size,
+        (low_h, low_w),
+        view_extent,
         p,
         config.sampling.receptive_field,
     )  # [B, n, 2] (y, x) at read level
