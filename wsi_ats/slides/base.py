@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .errors import SlideReadError
+
 WHITE = 255
 READ_THREADS = 8  # default threads of a slide's batched reads
 
@@ -114,6 +116,8 @@ class PooledSlide(Slide):
         if len(items) <= 1 or self.read_threads <= 1:
             return [fn(item) for item in items]
         with self._lock:
+            if self._closed:  # never start a pool that close() would no longer shut down
+                raise SlideReadError(self.path, "slide is closed")
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
                     self.read_threads, thread_name_prefix=self._thread_name
