@@ -46,12 +46,6 @@ class SlideView:
     read_downsample: float  # level-0 pixels per pixel of ``read_level``
     mpp: tuple[float, float] | None = None  # microns per level-0 pixel (x, y)
 
-    @property
-    def read_size(self) -> tuple[int, int]:
-        """``(H, W)`` of the read level, in its pixels."""
-        h0, w0 = self.level0_size
-        return round(h0 / self.read_downsample), round(w0 / self.read_downsample)
-
 
 @dataclass
 class SlideSample:
