@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -70,6 +71,34 @@ def test_refuses_to_overwrite(tiff, tmp_path):
     convert_to_ome_zarr(src, dst, chunk_size=256, levels=1, overwrite=True)
     with pytest.raises(ValueError, match="ngff_version"):
         convert_to_ome_zarr(src, tmp_path / "e.zarr", ngff_version="0.3")
+
+
+def test_failed_conversion_leaves_nothing_and_keeps_the_old_copy(tiff, tmp_path, monkeypatch):
+    image, src = tiff
+    dst = convert_to_ome_zarr(src, tmp_path / "f.zarr", chunk_size=256, levels=1)
+    before = sorted(p.relative_to(dst) for p in dst.rglob("*"))
+    convert_module = importlib.import_module("wsi_ats.slides.convert")
+    calls = {"n": 0}
+    real_reduce = convert_module.area_reduce
+
+    def failing_reduce(*args, **kwargs):  # level 1 fails after level 0 was written
+        calls["n"] += 1
+        raise OSError("disk full")
+
+    monkeypatch.setattr(convert_module, "area_reduce", failing_reduce)
+    for target, overwrite in ((tmp_path / "g.zarr", False), (dst, True)):
+        with pytest.raises(OSError, match="disk full"):
+            convert_to_ome_zarr(src, target, chunk_size=256, levels=2, overwrite=overwrite)
+    assert calls["n"] >= 2
+    assert not (tmp_path / "g.zarr").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.relative_to(dst) for p in dst.rglob("*")) == before  # old copy intact
+    with open_slide(dst) as slide:
+        np.testing.assert_array_equal(slide.read_region((0, 0), 0, (900, 600)), image)
+    monkeypatch.setattr(convert_module, "area_reduce", real_reduce)
+    convert_to_ome_zarr(src, dst, chunk_size=256, levels=2, overwrite=True)
+    with open_slide(dst) as slide:
+        assert slide.level_count == 2
 
 
 def test_cli_convert(tiff, tmp_path, capsys):

@@ -4,7 +4,9 @@ Layout: arrays ``0, 1, ...`` with axes ``c, y, x`` (the NGFF order; a chunk ``(3
 channels of an ``n x n`` square, so a tile read touches the same chunks as with interleaved RGB), ``uint8``,
 fill value 255 (white; all-white background chunks are not stored). Level 0 is read from the source's level
 0 and is pixel-exact; level ``l + 1`` is the 2 x 2 area mean (rounded half up) of the written level ``l``.
-The group metadata is written last, so an interrupted conversion never looks like a complete image.
+The pyramid is written into a hidden sibling folder (``.NAME.partial-<random>``) that is renamed to ``dst``
+only once complete: an interrupted or failed conversion leaves no ``dst`` behind (and a failed
+``overwrite=True`` keeps the previous ``dst``); a failure removes the partial folder.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -58,15 +61,16 @@ def convert_to_ome_zarr(
     if chunk_size <= 0 or chunk_size % 2:
         raise ValueError(f"chunk_size must be a positive even number, got {chunk_size}")
     dst = Path(dst)
-    if dst.exists():
-        if not overwrite:
-            raise FileExistsError(f"{dst} exists (pass overwrite=True to replace it)")
-        shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists (pass overwrite=True to replace it)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    partial = dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:12]}"
     slide = src if isinstance(src, Slide) else open_slide(src)
     try:
         _convert(
             slide,
-            dst,
+            partial,
+            dst.stem,
             chunk_size,
             codec,
             compression_level,
@@ -76,6 +80,12 @@ def convert_to_ome_zarr(
             threads,
             progress,
         )
+        if dst.exists():  # overwrite=True: the old copy goes only once the new one is complete
+            shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+        partial.rename(dst)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     finally:
         if slide is not src:
             slide.close()
@@ -85,6 +95,7 @@ def convert_to_ome_zarr(
 def _convert(
     slide: Slide,
     dst: Path,
+    name: str,
     chunk: int,
     codec: str,
     clevel: int,
@@ -107,7 +118,7 @@ def _convert(
     total = sum(math.ceil(h / chunk) * math.ceil(w / chunk) for h, w in shapes)
     with (
         ThreadPoolExecutor(max(1, threads), thread_name_prefix="wsi-ats-convert") as pool,
-        tqdm(total=total, unit="chunk", desc=f"convert {dst.name}", disable=not progress) as bar,
+        tqdm(total=total, unit="chunk", desc=f"convert {name}", disable=not progress) as bar,
     ):
         for i, arr in enumerate(arrays):
             h, w = shapes[i]
@@ -133,7 +144,7 @@ def _convert(
                 for _ in pool.map(task, [(y, x) for x in range(0, w, chunk)]):
                     bar.update(1)
     mpp = slide.mpp
-    attrs = ngff_attributes(dst.stem, levels, mpp, ngff_version)
+    attrs = ngff_attributes(name, levels, mpp, ngff_version)
     group.attrs.update(attrs)
 
 
