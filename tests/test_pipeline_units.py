@@ -50,6 +50,20 @@ def test_manifest_reports_every_problem_with_line_numbers(tmp_path: Path) -> Non
     assert str(m) in text
 
 
+def test_manifest_rejects_ids_differing_only_in_case(tmp_path: Path) -> None:
+    (tmp_path / "a.tiff").write_bytes(b"x")
+    m = _write(
+        tmp_path / "m.csv",
+        "slide_id,path\nTCGA-01,a.tiff\ntcga-01,a.tiff\nx/y,a.tiff\nX/Y,a.tiff\nb,a.tiff\n",
+    )
+    with pytest.raises(ManifestError) as info:
+        load_manifest(m)
+    assert [p.line for p in info.value.problems] == [3]  # x/y and X/Y hash to distinct folders
+    assert "'tcga-01' differs from 'TCGA-01' (line 2) only in case" in str(info.value)
+    ok = _write(tmp_path / "ok.csv", "slide_id,path\nTCGA-01,a.tiff\nTCGA-02,a.tiff\n")
+    assert [e.slide_id for e in load_manifest(ok).entries] == ["TCGA-01", "TCGA-02"]
+
+
 def test_manifest_missing_columns_reported_on_header_line(tmp_path: Path) -> None:
     m = _write(tmp_path / "m.csv", "id,file\nx,y\n")
     with pytest.raises(ManifestError) as info:

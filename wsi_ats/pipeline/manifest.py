@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .paths import slide_dir_name
+
 REQUIRED_COLUMNS = ("slide_id", "path")
 OPTIONAL_COLUMNS = ("label", "split")
 OnMissing = Literal["error-row", "fail"]
@@ -164,6 +166,7 @@ def load_manifest(
     }
     base = path.resolve().parent
     first_line: dict[str, int] = {}
+    folder_owner: dict[str, tuple[str, int]] = {}  # case-folded output folder -> (id, line)
     entries: list[SlideEntry] = []
     for line, fields in rows[1:]:
         if not any(f.strip() for f in fields):
@@ -184,6 +187,13 @@ def load_manifest(
             )
         else:
             first_line[slide_id] = line
+            folder = slide_dir_name(slide_id).casefold()
+            owner = folder_owner.setdefault(folder, (slide_id, line))
+            if owner[0] != slide_id:  # case-only difference: one folder on macOS / Windows
+                row_problems.append(
+                    f"slide_id {slide_id!r} differs from {owner[0]!r} (line {owner[1]}) only in "
+                    "case; their output folders would collide on case-insensitive filesystems"
+                )
         label: int | None = None
         label_text = fields[col["label"]].strip() if "label" in col else ""
         if label_text:
