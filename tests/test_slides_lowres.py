@@ -57,6 +57,28 @@ def test_streams_when_no_level_is_near(tmp_path, monkeypatch):
     assert len(sizes) > 4 and max(w * h for w, h in sizes) <= 256 * 256
 
 
+def test_refuses_a_view_near_full_resolution_before_reading(pyramidal, tmp_path, monkeypatch):
+    _, path = pyramidal
+    flat = write_pyramidal_tiff(tmp_path / "flat.tiff", test_image(900, 1200, seed=5), levels=1)
+    sizes: list[tuple[int, int]] = []
+    original = OpenSlideSlide.read_region
+
+    def spy(self, location, level, size):
+        sizes.append(size)
+        return original(self, location, level, size)
+
+    monkeypatch.setattr(OpenSlideSlide, "read_region", spy)
+    with open_slide(path) as slide:
+        with pytest.raises(
+            ValueError, match=r"p\.tiff: the low-resolution view would be 1024 x 768"
+        ):
+            low_res_view(slide, target_mpp=0.25, max_pixels=500_000)  # finer than level 0
+        assert low_res_view(slide, target_mpp=1.0, max_pixels=500_000).level == 1
+    with open_slide(flat) as slide, pytest.raises(ValueError, match="200 x 150 px"):
+        low_res_view(slide, target_size=200, max_pixels=20_000)  # the streamed view too
+    assert sizes == [(512, 384)]  # only the accepted level-1 view was read
+
+
 def test_area_reduce_partial_edge_blocks():
     img = np.zeros((5, 3, 3), np.uint8)
     img[4, :] = 200

@@ -14,6 +14,7 @@ import numpy as np
 from .base import Slide
 
 STREAM_TILE = 2048  # pixels of the source level per streamed tile side (rounded to the factor)
+MAX_VIEW_PIXELS = 2**26  # 8192 x 8192 (192 MiB of RGB): larger "low-res" views are refused
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,15 @@ def low_res_view(
     target_size: int = 1024,
     target_mpp: float | None = None,
     max_oversize: float = 2.0,
+    max_pixels: int = MAX_VIEW_PIXELS,
 ) -> LowResView:
     """The view whose longest side is nearest ``target_size`` pixels (or whose pixel size is nearest
     ``target_mpp`` microns, when given and the slide knows its mpp).
 
     The nearest pyramid level is used as is unless it is more than ``max_oversize`` times finer than
     the target; then it is streamed and reduced by ``round(target_downsample / level_downsample)``.
+    A view of more than ``max_pixels`` pixels (a target near full resolution) raises ``ValueError``
+    before anything is read: a whole high-resolution level is never loaded.
     """
     w0, h0 = slide.dimensions
     if target_mpp is not None and slide.mpp is not None:
@@ -50,10 +54,16 @@ def low_res_view(
     level = min(range(slide.level_count), key=lambda i: abs(math.log(downsamples[i] / target_ds)))
     factor = target_ds / downsamples[level]
     wl, hl = slide.level_dimensions[level]
-    if factor <= max_oversize:
+    k = 1 if factor <= max_oversize else max(2, round(factor))
+    vw, vh = math.ceil(wl / k), math.ceil(hl / k)
+    if vw * vh > max_pixels:
+        raise ValueError(
+            f"{slide.path}: the low-resolution view would be {vw} x {vh} px (level {level}), more "
+            f"than max_pixels={max_pixels}; ask for a coarser target_size or target_mpp"
+        )
+    if k == 1:
         image = slide.read_region((0, 0), level, (wl, hl))
         return LowResView(image=image, scale=(h0 / hl, w0 / wl), level=level)
-    k = max(2, round(factor))
     image = stream_reduce(slide, level, k)
     return LowResView(image=image, scale=(h0 / hl * k, w0 / wl * k), level=None)
 
