@@ -180,3 +180,29 @@ def test_reader_handles_grey_and_uint16(tmp_path):
         img = slide.read_region((0, 0), 0, (60, 40))
         assert img.shape == (40, 60, 3)
         np.testing.assert_array_equal(img[..., 1], (grey >> 8).astype(np.uint8))
+
+
+def test_reader_maps_uint16_through_the_omero_window(tmp_path):
+    """12-bit data in uint16 with a display window 100-4095: the window sets the 0-255 range."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 4096, size=(3, 40, 60)).astype(np.uint16)
+    path = _write_ngff(tmp_path / "w.zarr", data, "cyx", (3, 16, 16))
+    group = zarr.open_group(path, mode="r+")
+    windows = [(100, 4095), (0, 2000), (50, 3000)]
+    group.attrs["omero"] = {
+        "channels": [{"window": {"start": a, "end": b, "min": 0, "max": 65535}} for a, b in windows]
+    }
+    with open_slide(path) as slide:
+        img = slide.read_region((0, 0), 0, (60, 40))
+    for c, (a, b) in enumerate(windows):
+        expected = np.clip((data[c].astype(np.float64) - a) * 255.0 / (b - a) + 0.5, 0, 255).astype(
+            np.uint8
+        )
+        np.testing.assert_allclose(img[..., c], expected, atol=1)
+    assert img[..., 1].max() == 255 and img[..., 0].min() == 0  # clipped at both ends
+    assert img.mean() > 60  # not the top-8-bits mapping, which would leave 12-bit data dark
+    group.attrs["omero"] = {"channels": [{"window": {"start": 5, "end": 5}}] * 3}  # empty window
+    with open_slide(path) as slide:
+        np.testing.assert_array_equal(
+            slide.read_region((0, 0), 0, (60, 40)), (data >> 8).astype(np.uint8).transpose(1, 2, 0)
+        )

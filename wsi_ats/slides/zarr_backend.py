@@ -26,7 +26,9 @@ class OmeZarrSlide(PooledSlide):
     """An OME-Zarr image (NGFF ``multiscales``) read as a slide.
 
     Supported axes: ``y, x`` plus an optional channel axis (1, 3 or 4 channels; ``cyx``, ``yxc``) and
-    optional ``t``/``z`` axes of which index 0 is read. ``uint8`` or ``uint16`` pixels.
+    optional ``t``/``z`` axes of which index 0 is read. ``uint8`` or ``uint16`` pixels; ``uint16`` is
+    mapped to 0-255 through each channel's ``omero`` display window (``start``-``end``) when the
+    metadata has one, else by its top 8 bits.
     """
 
     def __init__(
@@ -40,7 +42,9 @@ class OmeZarrSlide(PooledSlide):
         self._arrays = _datasets(self.path, group, ms, len(self._axes))
         self._iy, self._ix = self._axes.index("y"), self._axes.index("x")
         self._ic = next((i for i, a in enumerate(self._axes) if a in ("c", "channel")), None)
-        self._convert = _pixel_converter(self.path, self._arrays[0], self._ic)
+        self._convert = _pixel_converter(
+            self.path, self._arrays[0], self._ic, _omero_windows(attrs)
+        )
         self._dims = tuple((int(a.shape[self._ix]), int(a.shape[self._iy])) for a in self._arrays)
         scales = _yx_scales(ms, self._iy, self._ix, len(self._arrays))
         self._ds_xy = _downsamples(self._dims, scales)
@@ -270,14 +274,38 @@ def _datasets(path: str, group: zarr.Group, ms: dict[str, Any], ndim: int) -> li
     return arrays
 
 
+def _omero_windows(attrs: dict[str, Any]) -> list[tuple[float, float]] | None:
+    """``(start, end)`` of each channel's ``omero`` display window, or None when any is missing or
+    empty (``end <= start``)."""
+    try:
+        windows = [
+            (float(ch["window"]["start"]), float(ch["window"]["end"]))
+            for ch in attrs["omero"]["channels"]
+        ]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return windows if windows and all(end > start for start, end in windows) else None
+
+
 def _pixel_converter(
-    path: str, arr: zarr.Array, ic: int | None
+    path: str,
+    arr: zarr.Array,
+    ic: int | None,
+    windows: list[tuple[float, float]] | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """A function mapping a ``[h, w, C]`` block of the array's dtype to ``uint8[h, w, 3]``."""
+    """A function mapping a ``[h, w, C]`` block of the array's dtype to ``uint8[h, w, 3]``;
+    ``uint16`` through the channels' display ``windows`` when given (one per channel)."""
     n = 1 if ic is None else int(arr.shape[ic])
     dtype = np.dtype(arr.dtype)
     if dtype == np.uint8:
         scale: Callable[[np.ndarray], np.ndarray] = lambda b: b  # noqa: E731
+    elif dtype == np.uint16 and windows is not None and len(windows) == n:
+        lo = np.array([w[0] for w in windows], dtype=np.float32)
+        gain = 255.0 / (np.array([w[1] for w in windows], dtype=np.float32) - lo)
+
+        def scale(b: np.ndarray) -> np.ndarray:
+            return np.clip((b - lo) * gain + 0.5, 0, 255).astype(np.uint8)
+
     elif dtype == np.uint16:
         scale = lambda b: (b >> 8).astype(np.uint8)  # noqa: E731
     else:
