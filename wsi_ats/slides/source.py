@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .base import Slide
+from .lowres import LowResView
 
 if TYPE_CHECKING:
     import torch
@@ -18,6 +19,11 @@ class SlidePatchSource:
 
     ``scales[b] = (sy, sx)`` level-0 pixels per read-level pixel (default: the level's downsample, which
     is how the backends map level-0 locations to the level).
+
+    ``views[b]``: the low-resolution view the attention ran on. Give it, so that attention cells map
+    to the slide region they cover: ``high_size`` is then the view's extent in read-level pixels
+    (a view streamed by a factor ``k`` overhangs the slide by up to ``k - 1`` level pixels, and
+    mapping its cells over the level's own size would shift patches by up to ``k / 2``).
     """
 
     def __init__(
@@ -25,6 +31,7 @@ class SlidePatchSource:
         slides: Sequence[Slide],
         level: int = 0,
         scales: Sequence[tuple[float, float]] | None = None,
+        views: Sequence[LowResView] | None = None,
     ) -> None:
         self.slides = list(slides)
         self.level = level
@@ -33,9 +40,18 @@ class SlidePatchSource:
         if len(scales) != len(self.slides):
             raise ValueError(f"{len(scales)} scales for {len(self.slides)} slides")
         self.scales = [(float(sy), float(sx)) for sy, sx in scales]
+        if views is not None and len(views) != len(self.slides):
+            raise ValueError(f"{len(views)} views for {len(self.slides)} slides")
+        self.views = None if views is None else list(views)
 
     def high_size(self, batch_index: int) -> tuple[int, int]:
-        """``(H, W)`` of the read level of slide ``batch_index``."""
+        """``(H, W)`` read-level pixels that the attention map spans for slide ``batch_index``: the
+        view's extent when ``views`` were given, else the read level's size."""
+        if self.views is not None:
+            view = self.views[batch_index]
+            sy, sx = self.scales[batch_index]
+            vh, vw = view.image.shape[:2]
+            return (round(vh * view.scale[0] / sy), round(vw * view.scale[1] / sx))
         w, h = self.slides[batch_index].level_dimensions[self.level]
         return (h, w)
 
