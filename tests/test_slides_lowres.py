@@ -19,6 +19,20 @@ def pyramidal(tmp_path_factory):
     return image, path
 
 
+@pytest.fixture
+def read_sizes(monkeypatch) -> list[tuple[int, int]]:
+    """The ``size`` of every OpenSlide ``read_region`` call made during the test."""
+    sizes: list[tuple[int, int]] = []
+    original = OpenSlideSlide.read_region
+
+    def spy(self, location, level, size):
+        sizes.append(size)
+        return original(self, location, level, size)
+
+    monkeypatch.setattr(OpenSlideSlide, "read_region", spy)
+    return sizes
+
+
 def test_picks_the_level_nearest_the_target_size(pyramidal):
     image, path = pyramidal
     with open_slide(path) as slide:
@@ -35,39 +49,23 @@ def test_picks_the_level_nearest_the_target_mpp(pyramidal):
         assert view.level == 1 and view.image.shape == (384, 512, 3)
 
 
-def test_streams_when_no_level_is_near(tmp_path, monkeypatch):
+def test_streams_when_no_level_is_near(tmp_path, monkeypatch, read_sizes):
     """A single-level slide: the view is computed tile by tile (no read larger than a tile) and equals
     the area mean of the whole level."""
     image = test_image(900, 1200, seed=4)
     path = write_pyramidal_tiff(tmp_path / "flat.tiff", image, tile=128, levels=1)
     monkeypatch.setattr("wsi_ats.slides.lowres.STREAM_TILE", 256)
-    sizes: list[tuple[int, int]] = []
-    original = OpenSlideSlide.read_region
-
-    def spy(self, location, level, size):
-        sizes.append(size)
-        return original(self, location, level, size)
-
-    monkeypatch.setattr(OpenSlideSlide, "read_region", spy)
     with open_slide(path) as slide:
         view = low_res_view(slide, target_size=200)  # downsample 6, no such level
     assert view.level is None and view.scale == (6.0, 6.0)
     assert view.image.shape == (150, 200, 3)
     np.testing.assert_array_equal(view.image, area_reduce(image, 6))
-    assert len(sizes) > 4 and max(w * h for w, h in sizes) <= 256 * 256
+    assert len(read_sizes) > 4 and max(w * h for w, h in read_sizes) <= 256 * 256
 
 
-def test_refuses_a_view_near_full_resolution_before_reading(pyramidal, tmp_path, monkeypatch):
+def test_refuses_a_view_near_full_resolution_before_reading(pyramidal, tmp_path, read_sizes):
     _, path = pyramidal
     flat = write_pyramidal_tiff(tmp_path / "flat.tiff", test_image(900, 1200, seed=5), levels=1)
-    sizes: list[tuple[int, int]] = []
-    original = OpenSlideSlide.read_region
-
-    def spy(self, location, level, size):
-        sizes.append(size)
-        return original(self, location, level, size)
-
-    monkeypatch.setattr(OpenSlideSlide, "read_region", spy)
     with open_slide(path) as slide:
         with pytest.raises(
             ValueError, match=r"p\.tiff: the low-resolution view would be 1024 x 768"
@@ -76,7 +74,7 @@ def test_refuses_a_view_near_full_resolution_before_reading(pyramidal, tmp_path,
         assert low_res_view(slide, target_mpp=1.0, max_pixels=500_000).level == 1
     with open_slide(flat) as slide, pytest.raises(ValueError, match="200 x 150 px"):
         low_res_view(slide, target_size=200, max_pixels=20_000)  # the streamed view too
-    assert sizes == [(512, 384)]  # only the accepted level-1 view was read
+    assert read_sizes == [(512, 384)]  # only the accepted level-1 view was read
 
 
 def test_area_reduce_partial_edge_blocks():
