@@ -346,15 +346,17 @@ def digit_patch_share(
     gen = torch.Generator().manual_seed(seed)
     size = (data.test.canvas_size, data.test.canvas_size)
     hits = cells_hit = n_sampled = n_cells = 0
+    all_offsets: Tensor | None = None  # every cell's patch: the same grid for all canvases
     for b0 in range(0, len(data.test), batch_size):
         x_low, _, specs = data.test.batch(range(b0, min(b0 + batch_size, len(data.test))))
         attention = ats.compute_attention(x_low)
-        grid = tuple(attention.shape[1:])
+        grid, low = tuple(attention.shape[1:]), tuple(x_low.shape[-2:])
         indices, _ = sample(attention, n_patches, ats.replace, gen)
-        every = torch.arange(grid[0] * grid[1])[None]
         rf = ats.receptive_field
-        offsets = cell_offsets(indices, grid, tuple(x_low.shape[-2:]), size, patch, rf)
-        all_offsets = cell_offsets(every, grid, tuple(x_low.shape[-2:]), size, patch, rf)[0]
+        offsets = cell_offsets(indices, grid, low, size, patch, rf)
+        if all_offsets is None:
+            every = torch.arange(grid[0] * grid[1])[None]
+            all_offsets = cell_offsets(every, grid, low, size, patch, rf)[0]
         for i, spec in enumerate(specs):
             hits += int(_on_digit(offsets[i], spec, patch[0]).sum())
             cells_hit += int(_on_digit(all_offsets, spec, patch[0]).sum())
