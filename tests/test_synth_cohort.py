@@ -54,6 +54,16 @@ def test_ground_truth_matches_manifest(cohort: Path) -> None:
             assert s["y"] >= 0 and s["y"] + s["h"] <= truth["height"]
 
 
+def test_standard_cohort_params_have_no_variant(cohort: Path) -> None:
+    """So that standard cohorts cached before variants existed are reused as they are."""
+    params = json.loads((cohort.parent / "cohort.json").read_text())
+    assert "variant" not in params
+    gt = json.loads((cohort.parent / "ground_truth.json").read_text())
+    for truth in gt["slides"].values():
+        assert "variant" not in truth
+        assert {s["kind"] for s in truth["spots"]} <= {"benign", "malignant"}
+
+
 def test_same_parameters_reuse_the_cohort(cohort: Path) -> None:
     slide = cohort.parent / "slides" / "slide_0000.tiff"
     before = slide.stat().st_mtime_ns, cohort.stat().st_mtime_ns
@@ -102,6 +112,24 @@ def test_synth_command_prints_manifest(tmp_path: Path, capsys: pytest.CaptureFix
     manifest = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert manifest == tmp_path / "c" / "manifest.csv"
     assert len(_rows(manifest)) == 2
+
+
+def test_synth_command_variant(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["synth", str(tmp_path), "--n-slides", "1", "--size", "512", "--compression", "zlib"]
+    assert main([*argv, "--variant", "distractors"]) == 0
+    assert json.loads((tmp_path / "cohort.json").read_text())["variant"] == "distractors"
+    gt = json.loads((tmp_path / "ground_truth.json").read_text())
+    assert "distractor" in {s["kind"] for s in gt["slides"]["slide_0000"]["spots"]}
+    with pytest.raises(SystemExit):
+        main([*argv, "--variant", "pale"])
+    assert "default: standard" in _synth_help(capsys)
+
+
+def _synth_help(capsys: pytest.CaptureFixture) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    return " ".join(capsys.readouterr().out.split())
 
 
 def test_zarr_cohort_opens_with_the_same_pyramid(tmp_path: Path) -> None:

@@ -109,6 +109,28 @@ def test_label_changes_only_spot_kinds() -> None:
     assert {s.kind for s in neg.spots} == {"benign"} and "malignant" in {s.kind for s in pos.spots}
 
 
+def test_standard_layout_has_no_distractors() -> None:
+    layout = make_layout(4096, 4096, 5, 1)
+    assert layout.variant == "standard"
+    assert {s.kind for s in layout.spots} <= {"benign", "malignant"}
+    truth = layout.truth()
+    assert "variant" not in truth and "distractor_fraction_of_tissue" not in truth
+
+
+def test_standard_atlases_keep_their_random_draws() -> None:
+    """The pale textures draw from their own stream: stroma, benign and malignant are exactly what
+    the original single stream (stroma, benign, lattice, in that order) gives."""
+    from wsi_ats.synth.atlas import _benign, _malignant_offsets, _stroma
+
+    rng = np.random.default_rng(np.random.SeedSequence([0, 0xA71A5]))
+    stroma, benign = _stroma(rng, 256), _benign(rng, 256)
+    malignant = benign + _malignant_offsets(rng, 256)
+    atlases = build_atlases(0, 256)
+    np.testing.assert_array_equal(atlases.stroma.level(0), stroma)
+    np.testing.assert_array_equal(atlases.benign.level(0), benign)
+    np.testing.assert_array_equal(atlases.malignant.level(0), malignant)
+
+
 def test_spot_diameter_in_level0_pixels() -> None:
     layout = make_layout(32768, 32768, 1, 1, spot_diameter=256)
     assert all(s.radius == 128 for s in layout.spots)

@@ -16,7 +16,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Write N synthetic tiled pyramidal TIFF slides (tissue, candidate spots; positive "
             "slides have 1-2 malignant spots that only high resolution reveals) into OUT_DIR, "
             "with manifest.csv (paths relative to OUT_DIR) and ground_truth.json (lesion boxes in "
-            "level-0 px). An existing cohort with the same parameters is reused."
+            "level-0 px). An existing cohort with the same parameters is reused. "
+            "--variant distractors makes the candidate spots pale and adds dark benign "
+            "distractors to every slide, so that a stain-darkness prior misleads."
         ),
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
@@ -35,6 +37,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="spot diameter in level-0 pixels (default 1.5%% of the side)",
     )
     p.add_argument("--mpp", type=float, default=0.5, help="level-0 microns per pixel")
+    p.add_argument(
+        "--variant",
+        choices=("standard", "distractors"),
+        default="standard",
+        help=(
+            "standard: dark candidate spots; distractors: pale candidate spots plus 4-10 dark "
+            "benign distractors per slide (default: %(default)s)"
+        ),
+    )
     p.set_defaults(func=run)
 
 
@@ -56,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             spot_diameter=args.spot_diameter,
             mpp=args.mpp,
             progress=True,
+            variant=args.variant,
         )
     except ValueError as exc:  # bad parameters, or spots that do not fit (SynthError)
         print(f"wsi-ats synth: error: {exc}", file=sys.stderr)

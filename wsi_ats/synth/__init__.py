@@ -1,5 +1,16 @@
 """Synthetic cohorts of tiled pyramidal TIFF slides with known lesions (``wsi-ats synth``).
 
+Two variants (``variant=`` of :func:`make_layout`, :func:`write_synthetic_slide`,
+:func:`make_cohort`; ``wsi-ats synth --variant``):
+
+- ``"standard"`` (default): candidate spots are dark purple discs, the darkest structures on the
+  slide, so a fixed stain-darkness prior finds them without learning.
+- ``"distractors"``: the same tissue and candidate spots (positions, sizes, kinds) in a pale
+  lavender-grey texture no darker than the stroma at low resolution, plus 4-10 dark benign
+  distractors per slide whatever the label, so that a darkness prior looks in the wrong places.
+
+The standard variant, described first:
+
 Scales, in level-0 pixels (default mpp 0.5 um/px), so that models can pick patch sizes and levels:
 
 - slide: ``size`` px a side; levels at downsample 1, 2, 4, ... down to <= 512 px a side; tiles
@@ -18,6 +29,21 @@ Scales, in level-0 pixels (default mpp 0.5 um/px), so that models can pick patch
 - all spots cover well under 1% of the tissue at the default diameter (0.1-0.6%; see
   ``lesion_fraction_of_tissue`` and ``malignant_fraction_of_tissue`` in the ground truth).
 
+The distractors variant differs only in the spots:
+
+- candidate spots: same count, diameter and positions as the standard slide of the same seed, but
+  pale: mean colour (206, 204, 224) with the same grain; pooled at downsample >= 8 their darkness
+  ``1 - mean(RGB) / 255`` is ~0.17 against ~0.21 for the stroma (nuclei included) and ~0.06 for the
+  background, and their hue (lavender-grey against pink) still shows them at low resolution.
+  Malignant ones carry the same zero-sum 8 px lattice on top, so again only downsample <= 4 tells
+  them apart.
+- distractors: 4-10 discs of the standard benign texture (darkness ~0.46 pooled), diameter 0.7-1.3x
+  ``spot_diameter``, wholly in tissue, clear of each other and of the candidate spots, the same for
+  either label; never malignant. They are listed in the ground truth's ``spots`` with ``kind``
+  ``"distractor"``; ``lesion_fraction_of_tissue`` still counts candidate spots only, and the
+  record adds ``variant`` and ``distractor_fraction_of_tissue``. ``cohort.json`` records
+  ``variant`` only when it is not ``"standard"``, so standard cohorts written earlier are reused.
+
 Outputs of :func:`make_cohort` (see :mod:`wsi_ats.synth.cohort`): ``manifest.csv``
 (``slide_id,path,label,split``, paths relative to the manifest's folder), ``ground_truth.json``
 (per slide: label, size, fractions and spots with ``kind`` and level-0 boxes ``x, y, w, h``) and
@@ -25,7 +51,7 @@ Outputs of :func:`make_cohort` (see :mod:`wsi_ats.synth.cohort`): ``manifest.csv
 """
 
 from wsi_ats.synth.cohort import make_cohort, slide_seed
-from wsi_ats.synth.layout import Layout, Spot, SynthError, make_layout
+from wsi_ats.synth.layout import VARIANTS, Layout, Spot, SynthError, make_layout
 from wsi_ats.synth.slide import SlideTruth, slide_layout, write_synthetic_slide
 
 __all__ = [
@@ -33,6 +59,7 @@ __all__ = [
     "SlideTruth",
     "Spot",
     "SynthError",
+    "VARIANTS",
     "make_cohort",
     "make_layout",
     "slide_layout",

@@ -15,6 +15,10 @@ Textures (sizes in level-0 pixels):
   (16 dark pixels, ~4.5 px across, per cell, jittered inside the cell), with integer offsets that sum
   to exactly zero in every 8 x 8 cell. Hence its mean-pooled levels at downsample >= 8 are
   *identical* to the benign ones, while levels 0-2 (downsample 1, 2, 4) show the pattern.
+- ``pale_benign`` / ``pale_malignant`` (the ``"distractors"`` variant's candidate spots): the same
+  grain around the pale lavender-grey ``PALE_SPOT_MEAN``, no darker than the stroma once pooled,
+  and the same zero-sum lattice offsets as ``malignant`` on top. They are drawn from their own seed
+  sequence, so the three textures above are bit-identical to those of earlier versions.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ import numpy as np
 STROMA_COLOUR = np.array([236.0, 176.0, 208.0])  # eosin pink, RGB
 NUCLEUS_COLOUR = np.array([100.0, 62.0, 150.0])  # hematoxylin purple, RGB
 SPOT_MEAN = np.array([146, 92, 172])  # mean colour of every candidate spot, RGB
+# pale candidate spots ("distractors" variant): lavender-grey, brighter than the stroma (~202 mean
+# grey level with its nuclei). The highest mean such that grain (+-15), tint (+-6, 6, 3) and the
+# light lattice offset (26, 20, 12) stay <= 255: R <= 208, G <= 214, B <= 225.
+PALE_SPOT_MEAN = np.array([206, 204, 224])
 BENIGN_GRAIN_STD = 5.0  # grey levels
 MALIGNANT_PERIOD = 8  # level-0 px between lattice nuclei
 MALIGNANT_DOT_PIXELS = 16  # dark pixels per 8 x 8 cell
@@ -49,11 +57,22 @@ class AtlasPyramid:
 
 @dataclass(frozen=True)
 class Atlases:
-    """The three textures of a cohort."""
+    """The textures of a cohort: stroma, dark candidate spots (``benign``, ``malignant``; also the
+    distractors of the ``"distractors"`` variant) and pale candidate spots (``pale_*``)."""
 
     stroma: AtlasPyramid
     benign: AtlasPyramid
     malignant: AtlasPyramid
+    pale_benign: AtlasPyramid
+    pale_malignant: AtlasPyramid
+
+    def spot(self, kind: str, variant: str = "standard") -> AtlasPyramid:
+        """The texture of a spot of ``kind`` (benign, malignant, distractor) in ``variant``."""
+        if kind == "distractor":
+            return self.benign
+        if variant == "distractors":
+            return self.pale_malignant if kind == "malignant" else self.pale_benign
+        return self.malignant if kind == "malignant" else self.benign
 
 
 def pool_pyramid(atlas: np.ndarray) -> AtlasPyramid:
@@ -101,12 +120,19 @@ def _stroma(rng: np.random.Generator, side: int) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def _benign(rng: np.random.Generator, side: int) -> np.ndarray:
+def _benign(rng: np.random.Generator, side: int, mean: np.ndarray = SPOT_MEAN) -> np.ndarray:
+    """Spot texture, int16 (unclipped): ``mean`` plus fine grain and a slight tint."""
     grain = periodic_noise(rng, side, 0.7)
     grain = np.clip(grain, -3.0, 3.0) * BENIGN_GRAIN_STD
     tint = np.clip(periodic_noise(rng, side, 0.7), -3.0, 3.0) * 2.0
-    img = SPOT_MEAN[None, None, :] + grain[..., None] + tint[..., None] * np.array([1.0, -1.0, 0.5])
+    img = mean[None, None, :] + grain[..., None] + tint[..., None] * np.array([1.0, -1.0, 0.5])
     return np.rint(img).astype(np.int16)
+
+
+def _check_no_clip(*textures: np.ndarray) -> None:
+    """Spot textures must fit uint8 as they are, else pooled benign and malignant means differ."""
+    if any(t.min() < 0 or t.max() > 255 for t in textures):
+        raise AssertionError("spot textures must not clip: pixel means would differ")
 
 
 def _malignant_offsets(rng: np.random.Generator, side: int) -> np.ndarray:
@@ -137,11 +163,17 @@ def build_atlases(seed: int = 0, side: int = 1024) -> Atlases:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA71A5]))
     stroma = _stroma(rng, side)
     benign = _benign(rng, side)
-    malignant = benign + _malignant_offsets(rng, side)
-    if benign.min() < 0 or malignant.min() < 0 or benign.max() > 255 or malignant.max() > 255:
-        raise AssertionError("spot textures must not clip: pixel means would differ")
+    offsets = _malignant_offsets(rng, side)
+    malignant = benign + offsets
+    # the pale textures use their own stream: the draws above stay those of earlier versions
+    pale_rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA71A5, 0x9A1E]))
+    pale = _benign(pale_rng, side, PALE_SPOT_MEAN)
+    pale_malignant = pale + offsets
+    _check_no_clip(benign, malignant, pale, pale_malignant)
     return Atlases(
         stroma=pool_pyramid(stroma),
         benign=pool_pyramid(benign.astype(np.uint8)),
         malignant=pool_pyramid(malignant.astype(np.uint8)),
+        pale_benign=pool_pyramid(pale.astype(np.uint8)),
+        pale_malignant=pool_pyramid(pale_malignant.astype(np.uint8)),
     )

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from wsi_ats.atomic import atomic_path, atomic_write_text
+from wsi_ats.synth.layout import check_variant
 from wsi_ats.synth.render import level_shapes
 from wsi_ats.synth.slide import DEFAULT_MPP, slide_layout, write_synthetic_slide
 
@@ -121,6 +122,7 @@ def make_cohort(
     spot_diameter: float | None = None,
     mpp: float = DEFAULT_MPP,
     progress: bool | Callable[[int], None] = False,
+    variant: str = "standard",
 ) -> Path:
     """Generate (or reuse) a cohort in ``out_dir``; returns the manifest path.
 
@@ -130,11 +132,14 @@ def make_cohort(
     parameters and every slide exists, nothing is recomputed; slides already written by an
     interrupted call with the same parameters are kept. ``progress``: True for a tqdm bar (over
     tiles with one worker, over slides with several), or a callable called with 1 after each slide.
+    ``variant``: ``"standard"`` or ``"distractors"`` (see :mod:`wsi_ats.synth`); recorded in
+    ``cohort.json`` unless standard, so that standard cohorts written before it existed are reused.
     """
     if n_slides < 1:
         raise ValueError(f"n_slides must be >= 1, got {n_slides}")
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    check_variant(variant)
     out_dir = Path(out_dir)
     w, h = (size, size) if isinstance(size, int | np.integer) else size
     params = {
@@ -149,6 +154,8 @@ def make_cohort(
         "spot_diameter": None if spot_diameter is None else float(spot_diameter),
         "mpp": float(mpp),
     }
+    if variant != "standard":  # absent for standard cohorts, as before variants existed
+        params["variant"] = variant
     manifest = out_dir / MANIFEST
     params_path = out_dir / PARAMS
     same = params_path.exists() and json.loads(params_path.read_text()) == params
@@ -174,10 +181,13 @@ def make_cohort(
             "mpp": float(mpp),
             "compression": compression,
             "texture_seed": int(seed),
+            "variant": variant,
         }
         out = out_dir / rel_paths[i]
         if same and out.exists():  # finished by an interrupted run with these parameters
-            layout = slide_layout(kwargs["size"], kwargs["seed"], kwargs["label"], spot_diameter)
+            layout = slide_layout(
+                kwargs["size"], kwargs["seed"], kwargs["label"], spot_diameter, variant
+            )
             truths[f"slide_{i:04d}"] = layout.truth(seed=kwargs["seed"], mpp=float(mpp))
         else:
             jobs.append({"id": f"slide_{i:04d}", "out": out, "fmt": fmt, "kwargs": kwargs})

@@ -3,7 +3,8 @@
 Level ``k`` has downsample ``2**k`` and size ``ceil(W / 2**k) x ceil(H / 2**k)``. A level-``k`` pixel
 ``(y_k, x_k)`` is tissue (or spot) when its centre ``((y_k + 0.5) 2**k, (x_k + 0.5) 2**k)`` in level-0
 pixels is; its colour is the texture atlas pooled by ``2**k`` at ``(y_k mod A_k, x_k mod A_k)``. No
-level is ever read back, so every tile costs the same whatever the slide size.
+level is ever read back, so every tile costs the same whatever the slide size. Spots take the
+texture of their kind in the layout's variant (:meth:`Atlases.spot`) and are not shaded.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def render_tile(
             continue
         disc = ((xc[None, :] - spot.cx) ** 2 + (yc[:, None] - spot.cy) ** 2) <= r * r
         if disc.any():
-            pyramid = atlases.malignant if spot.kind == "malignant" else atlases.benign
+            pyramid = atlases.spot(spot.kind, layout.variant)
             out[disc] = texture(pyramid.level(level), row, col, tile)[disc]
     return out
 

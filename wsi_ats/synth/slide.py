@@ -32,9 +32,11 @@ class SlideTruth:
     seed: int
     mpp: float
     tissue_fraction: float  # of the slide area
-    lesion_fraction: float  # all spots / tissue area
+    lesion_fraction: float  # candidate spots (benign + malignant) / tissue area
     malignant_fraction: float  # malignant spots / tissue area
-    spots: tuple[Spot, ...]
+    spots: tuple[Spot, ...]  # candidate spots, then distractors (kind "distractor") if any
+    variant: str = "standard"
+    distractor_fraction: float = 0.0  # distractors / tissue area
 
     def to_dict(self) -> dict:
         """Plain JSON-able ground truth (spot boxes ``x, y, w, h`` in level-0 px)."""
@@ -44,6 +46,7 @@ class SlideTruth:
             self.label,
             self.tissue_fraction,
             self.spots,
+            variant=self.variant,
             seed=self.seed,
             mpp=self.mpp,
         )
@@ -58,11 +61,15 @@ def _size(size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def slide_layout(
-    size: int | tuple[int, int], seed: int, label: int, spot_diameter: float | None = None
+    size: int | tuple[int, int],
+    seed: int,
+    label: int,
+    spot_diameter: float | None = None,
+    variant: str = "standard",
 ) -> Layout:
     """The layout ``write_synthetic_slide`` renders (cheap: no pixels)."""
     w, h = _size(size)
-    return make_layout(w, h, seed, label, spot_diameter)
+    return make_layout(w, h, seed, label, spot_diameter, variant)
 
 
 def make_truth(path: str | os.PathLike, layout: Layout, seed: int, mpp: float) -> SlideTruth:
@@ -78,6 +85,8 @@ def make_truth(path: str | os.PathLike, layout: Layout, seed: int, mpp: float) -
         lesion_fraction=layout.lesion_fraction,
         malignant_fraction=layout.malignant_fraction,
         spots=layout.spots,
+        variant=layout.variant,
+        distractor_fraction=layout.distractor_fraction,
     )
 
 
@@ -92,17 +101,21 @@ def write_synthetic_slide(
     compression: str = "jpeg",
     quality: int = 90,
     texture_seed: int = 0,
+    variant: str = "standard",
     tile_callback: Callable[[int], None] | None = None,
 ) -> SlideTruth:
     """Write a tiled pyramidal TIFF of ``size`` (int or ``(width, height)``, level-0 px).
 
     ``seed`` fixes tissue and spot positions, ``label`` (0/1) whether 1-2 spots are malignant,
     ``texture_seed`` the cohort's textures. ``spot_diameter`` is in level-0 px (default 1.5% of the
-    shorter side). ``tile_callback(n)``, if given, is called with ``n`` tiles just rendered (for
-    progress bars; every 64 tiles and at the end of each level). Memory is bounded by a tile and the texture atlases, whatever the size.
+    shorter side). ``variant``: ``"standard"`` (dark candidate spots) or ``"distractors"`` (pale
+    candidate spots plus 4-10 dark benign distractors; see :mod:`wsi_ats.synth`).
+    ``tile_callback(n)``, if given, is called with ``n`` tiles just rendered (for progress bars;
+    every 64 tiles and at the end of each level). Memory is bounded by a tile and the texture
+    atlases, whatever the size.
     """
     try:
-        layout = slide_layout(size, seed, label, spot_diameter)
+        layout = slide_layout(size, seed, label, spot_diameter, variant)
     except SynthError as exc:
         raise SynthError(f"{path}: {exc}") from exc
     atlases = build_atlases(texture_seed)
