@@ -85,7 +85,7 @@ def test_patch_source_matches_tensor_path() -> None:
         assert torch.equal(a, b), name
 
 
-def test_mask_zeroes_attention_and_is_resized_by_max_pooling() -> None:
+def test_mask_zeroes_attention_and_restricts_draws() -> None:
     att, feat = _nets()
     model = attention_sampling(att, feat, 4, 3)
     x_high = torch.rand(2, 1, 32, 32)
@@ -105,15 +105,7 @@ def test_mask_zeroes_attention_and_is_resized_by_max_pooling() -> None:
     mask[1] = False
     with pytest.raises(ValueError, match="mask"):
         model(x_low, x_high, mask=mask)
-    # A mask at a different resolution is max-pooled onto the map: one pixel keeps its cell.
-    coarse = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.AvgPool2d(4))  # 4x4 map
-    model = attention_sampling(coarse, feat, 4, 1)
-    fine = torch.zeros(2, 16, 16)
-    fine[:, 13, 6] = 1  # lies in map cell (3, 1)
-    out = model(x_low, x_high, mask=fine, generator=_gen(5))
-    assert out.attention.shape == (2, 4, 4)
-    assert torch.equal(out.indices, torch.full((2, 1), 3 * 4 + 1))
-    assert torch.allclose(out.attention[:, 3, 1], torch.ones(2))
+    # (how a mask of another resolution maps onto the grid: tests/test_core_masking.py)
 
 
 def test_regularizer_float_and_callable() -> None:

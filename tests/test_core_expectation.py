@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from wsi_ats.core import expectation, sample
+from wsi_ats.core import draw, estimate, expectation, exploration_proposal, sample
 
 K, D, P = 6, 3, 4
 DRAWS = 20_000
@@ -161,3 +161,122 @@ def test_rejects_mismatched_shapes() -> None:
         expectation(torch.rand(2, 3), torch.rand(2, 4, 5), True)
     with pytest.raises(ValueError):
         expectation(torch.rand(2, 3, 1), torch.rand(2, 3, 5), False)
+
+
+# --- proposals (exploration) and control variates ------------------------------------------------
+
+
+def _per_draw_proposal(
+    pb: dict[str, Tensor],
+    n: int,
+    replace: bool,
+    explore: float,
+    control_variate: str,
+    baseline: Tensor | None,
+    seed: int,
+    offset: float = 0.0,
+) -> dict[str, Tensor]:
+    """Like ``_per_draw`` but through ``draw``/``estimate`` (the path training takes)."""
+
+    def rows(t: Tensor) -> Tensor:
+        return t.expand(DRAWS, *t.shape).clone().requires_grad_()
+
+    theta, weight, bias = rows(pb["theta"]), rows(pb["weight"]), rows(pb["bias"])
+    a = torch.softmax(theta, 1)
+    drawn = draw(a, n, replace, torch.Generator().manual_seed(seed), explore=explore)
+    features = torch.einsum("bdp,bnp->bnd", weight, pb["x"][drawn.indices]) + bias[:, None, :]
+    features = features + offset  # a common offset: what a baseline is for
+    value = estimate(a, drawn, features, control_variate, baseline)
+    (value @ pb["w_out"]).sum().backward()
+    return {"value": value.detach(), "theta": theta.grad, "weight": weight.grad, "bias": bias.grad}
+
+
+def _exact_offset(pb: dict[str, Tensor], offset: float) -> dict[str, Tensor]:
+    shifted = dict(pb)
+    shifted["bias"] = pb["bias"] + offset
+    exact = _exact(shifted)
+    exact["bias"] = exact["bias"]  # d/d bias does not depend on the offset
+    return exact
+
+
+@pytest.mark.parametrize(
+    ("replace", "n", "explore", "control_variate", "with_baseline"),
+    [
+        (True, 1, 0.0, "loo", True),  # N = 1: the external baseline is all there is
+        (True, 4, 0.0, "loo", False),
+        (True, 4, 0.3, "loo", False),
+        (True, 3, 0.3, "none", True),  # a running-mean style baseline everywhere
+        (True, 3, 0.5, "none", False),  # importance weights alone
+        (False, 1, 0.0, "loo", True),
+        (False, 3, 0.0, "loo", False),
+        (False, 3, 0.0, "loo", True),
+        (False, 4, 0.3, "loo", True),
+        (False, K, 0.3, "none", False),
+        (False, 2, 0.5, "none", True),
+    ],
+)
+def test_proposals_and_control_variates_stay_unbiased(
+    replace: bool, n: int, explore: float, control_variate: str, with_baseline: bool
+) -> None:
+    pb = _problem()
+    baseline = torch.randn(D, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    seed = 300 + 10 * n + int(10 * explore)
+    per_draw = _per_draw_proposal(
+        pb, n, replace, explore, control_variate, baseline if with_baseline else None, seed, 3.0
+    )
+    z = _z_scores(per_draw, _exact_offset(pb, 3.0))
+    for name, scores in z.items():
+        assert scores.max() < Z_MAX, f"{name}: z-scores {scores.flatten().tolist()}"
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_leave_one_out_baseline_reduces_the_attention_gradient_variance(replace: bool) -> None:
+    """Features with a large common part (as random features have): the baseline removes it.
+    Without replacement the first draw has no earlier one: it leans on an external baseline (a
+    running mean of pooled features in training; here the common part, roughly)."""
+    pb = _problem()
+    baseline = None if replace else torch.full((D,), 5.0, dtype=torch.float64)
+    plain = _per_draw_proposal(pb, 4, replace, 0.0, "none", None, 11, offset=5.0)
+    loo = _per_draw_proposal(pb, 4, replace, 0.0, "loo", baseline, 11, offset=5.0)
+    ratio = (loo["theta"].var(0).sum() / plain["theta"].var(0).sum()).item()
+    assert ratio < 0.2, ratio  # measured: 0.06 with replacement, 0.07 without
+    assert torch.equal(loo["value"], plain["value"])  # the value never changes
+    assert torch.equal(loo["weight"], plain["weight"])
+
+
+def test_check_rejects_a_baseline_that_uses_the_current_draw() -> None:
+    """Power: a baseline that includes each draw's own value (mean over all draws) is biased."""
+
+    class _OwnDrawBaseline(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, a: Tensor, f: Tensor) -> Tensor:
+            ctx.save_for_backward(a, f)
+            return expectation(a, f, True)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+            a, f = ctx.saved_tensors
+            n = a.shape[1]
+            g_f = torch.einsum("bd,bnd->bn", grad, f)
+            c = g_f.mean(1, keepdim=True)  # includes draw i itself
+            return (g_f - c) / (n * a), grad[:, None, :].expand_as(f) / n
+
+    pb = _problem()
+
+    def biased(a: Tensor, f: Tensor, replace: bool) -> Tensor:
+        return _OwnDrawBaseline.apply(a, f)
+
+    z = _z_scores(_per_draw(pb, 2, True, biased, seed=400), _exact(pb))
+    assert z["theta"].max() > 2 * Z_MAX
+
+
+def test_exploration_proposal_mixes_uniform_over_the_support() -> None:
+    a = torch.tensor([[0.0, 0.7, 0.3, 0.0]])
+    q = exploration_proposal(a, 0.2)
+    torch.testing.assert_close(q, torch.tensor([[0.0, 0.66, 0.34, 0.0]]))
+    support = torch.tensor([[True, True, True, False]])
+    q = exploration_proposal(a, 0.3, support)
+    torch.testing.assert_close(q, torch.tensor([[0.1, 0.59, 0.31, 0.0]]))
+    assert torch.equal(exploration_proposal(a, 0.0), a)
+    with pytest.raises(ValueError, match="explore"):
+        exploration_proposal(a, 1.5)

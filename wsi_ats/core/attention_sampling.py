@@ -6,14 +6,13 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wsi_ats.core.expectation import expectation
+from wsi_ats.core.draws import draw, estimate
+from wsi_ats.core.masking import masked_softmax
 from wsi_ats.core.offsets import _pair, cell_offsets
 from wsi_ats.core.patches import extract_patches
 from wsi_ats.core.regularizers import multinomial_entropy
-from wsi_ats.core.sampling import sample
 
 __all__ = ["AttentionSampling", "AttentionSamplingOutput", "PatchSource", "attention_sampling"]
 
@@ -59,6 +58,8 @@ class AttentionSampling(nn.Module):
         attention_regularizer: float | Regularizer | None = None,
         receptive_field: int | tuple[int, int] = 0,
         pad_value: float = 1.0,
+        explore: float = 0.0,
+        control_variate: str = "none",
     ) -> None:
         super().__init__()
         if n_patches < 1:
@@ -71,23 +72,12 @@ class AttentionSampling(nn.Module):
         self.attention_regularizer = attention_regularizer
         self.receptive_field = _pair(receptive_field, "receptive_field")
         self.pad_value = float(pad_value)
+        self.explore = float(explore)
+        self.control_variate = control_variate
 
     def compute_attention(self, x_low: Tensor, mask: Tensor | None = None) -> Tensor:
         """Attention ``[B, mh, mw]`` (softmax over all cells; masked cells exactly 0)."""
-        logits = self.attention_net(x_low)
-        if logits.dim() == 4 and logits.shape[1] == 1:
-            logits = logits[:, 0]
-        if logits.dim() != 3:
-            raise ValueError(
-                f"attention_net must return [B, 1, mh, mw] or [B, mh, mw], got {tuple(logits.shape)}"
-            )
-        b, mh, mw = logits.shape
-        if mask is not None:
-            keep = _mask_to_map(mask, (mh, mw)).to(logits.device)
-            if not bool(keep.flatten(1).any(dim=1).all()):
-                raise ValueError("mask removes every cell of some batch item; nothing to sample")
-            logits = logits.masked_fill(~keep, float("-inf"))
-        return torch.softmax(logits.reshape(b, -1), dim=1).reshape(b, mh, mw)
+        return masked_softmax(self.attention_net(x_low), mask, empty="raise")
 
     def forward(
         self,
@@ -107,7 +97,9 @@ class AttentionSampling(nn.Module):
         b, _, h, w = x_low.shape
         attention = self.compute_attention(x_low, mask)
         mh, mw = attention.shape[1:]
-        indices, sampled_attention = sample(attention, self.n_patches, self.replace, generator)
+        explore = self.explore if self.training else 0.0
+        drawn = draw(attention, self.n_patches, self.replace, generator, explore)
+        indices = drawn.indices
 
         with torch.no_grad():
             if isinstance(x_high, Tensor):
@@ -138,14 +130,14 @@ class AttentionSampling(nn.Module):
                 f"got {tuple(flat_features.shape)}"
             )
         features = flat_features.reshape(b, n, -1)
-        pooled = expectation(sampled_attention, features, self.replace)
+        pooled = estimate(attention, drawn, features, self.control_variate)
         return AttentionSamplingOutput(
             features=pooled,
             attention=attention,
             patches=patches,
             offsets=offsets,
             indices=indices,
-            sampled_attention=sampled_attention,
+            sampled_attention=attention.reshape(b, -1).gather(1, indices),
             regularization=self._regularization(attention),
         )
 
@@ -161,16 +153,6 @@ class AttentionSampling(nn.Module):
         return value.mean()
 
 
-def _mask_to_map(mask: Tensor, map_size: tuple[int, int]) -> Tensor:
-    """Bool ``[B, mh, mw]``: a cell is kept when any mask pixel it covers is nonzero."""
-    if mask.dim() != 3:
-        raise ValueError(f"mask must be [B, h, w], got shape {tuple(mask.shape)}")
-    keep = mask != 0
-    if tuple(keep.shape[1:]) != tuple(map_size):
-        keep = F.adaptive_max_pool2d(keep.float().unsqueeze(1), map_size).squeeze(1) > 0
-    return keep
-
-
 def attention_sampling(
     attention_net: nn.Module,
     feature_net: nn.Module,
@@ -180,6 +162,8 @@ def attention_sampling(
     attention_regularizer: float | Regularizer | None = None,
     receptive_field: int | tuple[int, int] = 0,
     pad_value: float = 1.0,
+    explore: float = 0.0,
+    control_variate: str = "none",
 ) -> AttentionSampling:
     """Build an ``AttentionSampling`` module.
 
@@ -194,6 +178,10 @@ def attention_sampling(
             ``attention [B, mh, mw] -> [B] or scalar`` (averaged over the batch).
         receptive_field: low-res pixels the attention net loses at the borders (per axis total).
         pad_value: value of high-res pixels outside the image (1.0 = white).
+        explore: in training mode, draw from ``(1 - explore) a + explore * uniform`` over the
+            cells with nonzero attention (importance-weighted, so still unbiased); 0 = off.
+        control_variate: ``"none"`` or ``"loo"``: a leave-one-out baseline for the attention
+            gradient (same expectation, lower variance; see ``expectation``).
 
     The returned ``regularization`` must be added to the training loss by the caller.
     """
@@ -206,4 +194,6 @@ def attention_sampling(
         attention_regularizer=attention_regularizer,
         receptive_field=receptive_field,
         pad_value=pad_value,
+        explore=explore,
+        control_variate=control_variate,
     )

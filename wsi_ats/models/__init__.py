@@ -1,6 +1,6 @@
 """Models: attention net, feature nets, classifier head, ``SlideClassifier``, config, checkpoints."""
 
-from wsi_ats.models.attention import AttentionNet, mask_to_map, masked_attention
+from wsi_ats.models.attention import AttentionNet
 from wsi_ats.models.checkpoint import (
     CheckpointError,
     load_model,
@@ -24,8 +24,6 @@ __all__ = [
     "build_model",
     "load_config",
     "load_model",
-    "mask_to_map",
-    "masked_attention",
     "read_checkpoint",
     "save_checkpoint",
     "timm_backbone",

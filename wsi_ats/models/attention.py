@@ -54,29 +54,3 @@ class AttentionNet(nn.Module):
             dark = nn.functional.avg_pool2d(1.0 - x.mean(dim=1, keepdim=True), s, s, ceil_mode=True)
             logits = logits + self.prior * dark[..., : logits.shape[-2], : logits.shape[-1]]
         return logits
-
-
-def masked_attention(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Softmax over every cell of ``logits`` ``[B, 1, mh, mw]`` or ``[B, mh, mw]``, zero off tissue.
-
-    ``mask`` is ``[B, h, w]`` on the low-res view (bool or {0, 1}); it is max-pooled onto the map
-    when shapes differ (a cell counts as tissue when any of its pixels does). A row whose mask is all
-    empty falls back to every cell, so the result is always a distribution. Returns ``[B, mh, mw]``.
-    """
-    if logits.dim() == 4:
-        logits = logits[:, 0]
-    b, mh, mw = logits.shape
-    if mask is not None:
-        cell = mask_to_map(mask.to(logits.device), (mh, mw))
-        empty = ~cell.flatten(1).any(dim=1)
-        cell = cell | empty[:, None, None]
-        logits = logits.masked_fill(~cell, float("-inf"))
-    return torch.softmax(logits.flatten(1), dim=1).view(b, mh, mw)
-
-
-def mask_to_map(mask: torch.Tensor, map_size: tuple[int, int]) -> torch.Tensor:
-    """Bool ``[B, mh, mw]``: ``mask`` ``[B, h, w]`` max-pooled onto an attention map of ``map_size``."""
-    m = mask.float()[:, None]
-    if tuple(m.shape[-2:]) != tuple(map_size):
-        m = nn.functional.adaptive_max_pool2d(m, map_size)
-    return m[:, 0] > 0.5

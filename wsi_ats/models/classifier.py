@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wsi_ats.models.attention import AttentionNet, masked_attention
+from wsi_ats.core import masked_logits, masked_softmax
+from wsi_ats.models.attention import AttentionNet
 from wsi_ats.models.config import PipelineConfig
 from wsi_ats.models.features import build_feature_net
 from wsi_ats.models.head import ClassifierHead
@@ -39,9 +40,16 @@ class SlideClassifier(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def attention_logits(
+        self, view: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention logits ``[B, mh, mw]`` of views ``[B, 3, h, w]``, ``-inf`` off tissue (a slide
+        whose mask is empty keeps every cell)."""
+        return masked_logits(self.attention_net(view), mask)
+
     def attention(self, view: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention distribution ``[B, mh, mw]`` (sums to 1, zero off tissue) of views ``[B,3,h,w]``."""
-        return masked_attention(self.attention_net(view), mask)
+        return masked_softmax(self.attention_net(view), mask)
 
     def features(self, tiles: torch.Tensor) -> torch.Tensor:
         """Tile features ``[n, D]`` of tiles ``[n, 3, p, p]`` in ``[0, 1]``."""
