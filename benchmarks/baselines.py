@@ -32,9 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsi_ats.core import mask_to_map
 from wsi_ats.inference import predict_slide
-from wsi_ats.inference.lesions import lesion_boxes, tile_hits
-from wsi_ats.inference.stages import (
+from wsi_ats.models import PipelineConfig, SlideClassifier, build_model, load_model
+from wsi_ats.models.attention import AttentionNet
+from wsi_ats.slides import open_slide
+from wsi_ats.stages import (
     cells_to_locations,
     eval_mode,
     read_tiles,
@@ -43,10 +46,8 @@ from wsi_ats.inference.stages import (
     view_slide,
     view_tensors,
 )
-from wsi_ats.models import PipelineConfig, SlideClassifier, build_model, load_model
-from wsi_ats.models.attention import AttentionNet, mask_to_map
-from wsi_ats.slides import open_slide
 from wsi_ats.synth import make_cohort
+from wsi_ats.synth.lesions import lesion_boxes, tile_hits
 from wsi_ats.training import LabelledSlide, SlideStore, read_cohort, safe_auc, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -82,8 +82,8 @@ class Loop:
         self.out = out
 
     def run(self, manifest: Path) -> int:
+        from wsi_ats.cohort.manifest import load_manifest
         from wsi_ats.inference import predict_slide, write_slide_outputs
-        from wsi_ats.pipeline.manifest import load_manifest
 
         entries = load_manifest(manifest).entries
         for e in entries:
@@ -130,7 +130,7 @@ class ParallelLoops:
         list(self.pool.map(_loop_chunk, [[]] * n, [self.model_path] * n, [self.out] * n))
 
     def run(self, manifest: Path) -> int:
-        from wsi_ats.pipeline.manifest import load_manifest
+        from wsi_ats.cohort.manifest import load_manifest
 
         items = [(e.path, e.slide_id) for e in load_manifest(manifest)]
         parts = [items[i :: self.n] for i in range(self.n)]

@@ -118,8 +118,8 @@ def dense_tiling(path: Path, model, time_limit_s: float) -> dict:
     only the view, the mask and the tissue-tile count are computed)."""
     import torch
 
-    from wsi_ats.inference import tile_features, view_slide
     from wsi_ats.slides import open_slide
+    from wsi_ats.stages import tile_features, view_slide
 
     cfg = model.config
     patch, level = cfg.slide.patch_size, cfg.slide.read_level

@@ -13,19 +13,18 @@ import torch
 from PIL import Image
 from slide_factory import write_pyramidal_tiff
 
-from wsi_ats.inference import (
+from wsi_ats.inference import predict_slide, write_slide_outputs
+from wsi_ats.models import PipelineConfig, build_model, save_checkpoint
+from wsi_ats.slides import SlideError, open_slide
+from wsi_ats.stages import (
     aggregate_slide,
-    predict_slide,
+    cells_to_locations,
     read_slide_tiles,
     sample_slide,
     slide_seed,
     tile_features,
     view_slide,
-    write_slide_outputs,
 )
-from wsi_ats.inference.stages import cells_to_locations
-from wsi_ats.models import PipelineConfig, build_model, save_checkpoint
-from wsi_ats.slides import SlideError, open_slide
 
 CFG = PipelineConfig().replace(
     slide={"lowres_size": 128, "patch_size": 32},
@@ -153,8 +152,8 @@ def test_stage_draws_estimate_the_exact_attention_sum(slide_path: Path, replace:
     """Over many draws, the estimator built from ``sample_slide``'s indices, attention and locations
     averages to the exact ``sum_k a_k f_k`` over every cell (each within 4 standard errors)."""
     from wsi_ats.core import expectation
-    from wsi_ats.inference.stages import cells_to_locations, read_tiles
     from wsi_ats.models import SlideClassifier
+    from wsi_ats.stages import cells_to_locations, read_tiles
 
     cfg = CFG.replace(
         sampling={"n_patches": 4, "replace": replace}, features={"dim": 3}, attention={"prior": 8.0}
@@ -189,7 +188,7 @@ def test_stage_draws_estimate_the_exact_attention_sum(slide_path: Path, replace:
 
 
 def test_tile_hits_and_lesion_boxes(tmp_path: Path) -> None:
-    from wsi_ats.inference.lesions import lesion_boxes, tile_hits
+    from wsi_ats.synth.lesions import lesion_boxes, tile_hits
 
     gt = tmp_path / "ground_truth.json"
     gt.write_text(json.dumps({"slides": {"a": {"spots": [

@@ -23,15 +23,16 @@ import pytest
 import torch
 from distributed import Client, get_task_stream
 
-from wsi_ats.inference import predict_slide, tile_features
+from wsi_ats.cohort.manifest import load_manifest
+from wsi_ats.cohort.paths import slide_dir
+from wsi_ats.inference import predict_slide
 from wsi_ats.models import PipelineConfig, build_model, load_model, save_checkpoint
 from wsi_ats.pipeline import predict_cohort
 from wsi_ats.pipeline.cluster import workers_have_gpu
 from wsi_ats.pipeline.cohort import ProgressEvent, RunSettingsError
-from wsi_ats.pipeline.manifest import load_manifest
-from wsi_ats.pipeline.paths import slide_dir
 from wsi_ats.pipeline.state import COLUMNS, read_log
 from wsi_ats.slides import open_slide
+from wsi_ats.stages import tile_features
 from wsi_ats.synth import make_cohort
 
 pytestmark = pytest.mark.timeout(240)

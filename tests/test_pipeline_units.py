@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from wsi_ats.pipeline.manifest import ManifestError, load_manifest
-from wsi_ats.pipeline.paths import slide_dir, slide_dir_name
+from wsi_ats.cohort.manifest import ManifestError, load_manifest
+from wsi_ats.cohort.paths import slide_dir, slide_dir_name
 from wsi_ats.pipeline.state import (
     COLUMNS,
     PREDICTION_FILE,
@@ -95,7 +95,7 @@ def test_manifest_unreadable_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     locked = tmp_path / "locked.tiff"
     locked.write_bytes(b"x")
     # permission bits do not stop root, so the access check itself is made to say "no"
-    monkeypatch.setattr("wsi_ats.pipeline.manifest.os.access", lambda path, mode: False)
+    monkeypatch.setattr("wsi_ats.cohort.manifest.os.access", lambda path, mode: False)
     m = _write(tmp_path / "m.csv", f"slide_id,path\nl,{locked}\n")
     with pytest.raises(ManifestError, match="line 2: l: slide file not readable"):
         load_manifest(m, on_missing="fail")

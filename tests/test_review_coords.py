@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wsi_ats.inference.stages import SlideView, cells_to_locations
 from wsi_ats.models import PipelineConfig
 from wsi_ats.slides.base import level_origin
+from wsi_ats.stages import SlideView, cells_to_locations
 
 
 def test_cells_to_locations_round_trips_to_read_level_at_non_integer_downsample() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsi_ats.inference.stages import SlideView, sample_slide
 from wsi_ats.models import PipelineConfig, build_model
+from wsi_ats.stages import SlideView, sample_slide
 
 
 @pytest.mark.parametrize("n_draws", [0, -2])

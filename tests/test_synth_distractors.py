@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from wsi_ats.inference.lesions import lesion_boxes
 from wsi_ats.models.attention import AttentionNet
 from wsi_ats.synth import make_cohort, make_layout
 from wsi_ats.synth.atlas import build_atlases
 from wsi_ats.synth.layout import CANDIDATE_KINDS, Layout, spot_area
+from wsi_ats.synth.lesions import lesion_boxes
 from wsi_ats.synth.render import BACKGROUND, render_tile
 
 SIZE = 4096

@@ -83,9 +83,9 @@ def demo(
     from sklearn.metrics import roc_auc_score
 
     from wsi_ats.inference import predict_slide, write_slide_outputs
-    from wsi_ats.inference.lesions import lesion_boxes, tile_hits
-    from wsi_ats.inference.stages import tissue_tile_count
+    from wsi_ats.stages import tissue_tile_count
     from wsi_ats.synth import make_cohort
+    from wsi_ats.synth.lesions import lesion_boxes, tile_hits
     from wsi_ats.training import read_cohort, train
 
     out_dir = Path(out_dir)

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate, start or join the cluster, predict, print a one-line summary; the exit status."""
     from tqdm import tqdm
 
+    from wsi_ats.cohort.manifest import ManifestError, load_manifest
     from wsi_ats.models import CheckpointError
     from wsi_ats.pipeline.cluster import dashboard_link, open_client
     from wsi_ats.pipeline.cohort import (
@@ -80,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
         predict_cohort,
         summary_line,
     )
-    from wsi_ats.pipeline.manifest import ManifestError, load_manifest
 
     try:
         manifest = load_manifest(args.manifest, on_missing=args.on_missing)

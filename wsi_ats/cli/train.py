@@ -27,8 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from wsi_ats.cohort.manifest import ManifestError
     from wsi_ats.models import CheckpointError, ConfigError, load_config
-    from wsi_ats.pipeline.manifest import ManifestError
     from wsi_ats.slides import SlideError
     from wsi_ats.training import train
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from wsi_ats.atomic import atomic_path
 
 if TYPE_CHECKING:
-    from wsi_ats.inference.stages import SlidePrediction, SlideView
+    from wsi_ats.stages import SlidePrediction, SlideView
 
 # a perceptually ordered ramp (dark blue -> magenta -> orange -> yellow), anchors in [0, 1]
 _RAMP = np.array(

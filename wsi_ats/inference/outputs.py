@@ -1,6 +1,6 @@
 """Per-slide output files, written atomically; ``prediction.json`` last marks a slide finished.
 
-Layout under ``out_dir/slides/<safe id>/`` (see :func:`wsi_ats.pipeline.paths.slide_dir`):
+Layout under ``out_dir/slides/<safe id>/`` (see :func:`wsi_ats.cohort.paths.slide_dir`):
 ``attention.npy`` (float32 ``[mh, mw]``), ``coords.csv`` (one row per sampled tile: ``draw, rank, x,
 y, w, h`` in level-0 pixels), ``heatmap.png`` and ``prediction.json``.
 """
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from wsi_ats.atomic import atomic_write_bytes
+from wsi_ats.cohort.paths import slide_dir
 from wsi_ats.inference.heatmap import heatmap_of, save_png
-from wsi_ats.inference.stages import SlidePrediction, SlideView
-from wsi_ats.pipeline.paths import slide_dir
+from wsi_ats.stages import SlidePrediction, SlideView
 
 PREDICTION_FILE = "prediction.json"
 

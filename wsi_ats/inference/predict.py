@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_ats.inference.stages import (
+from wsi_ats.models import SlideClassifier, load_model
+from wsi_ats.slides import Slide, open_slide
+from wsi_ats.stages import (
     SlidePrediction,
     SlideSample,
     SlideView,
@@ -17,8 +19,6 @@ from wsi_ats.inference.stages import (
     view_of,
     view_slide,
 )
-from wsi_ats.models import SlideClassifier, load_model
-from wsi_ats.slides import Slide, open_slide
 
 
 def predict_slide(

@@ -20,7 +20,7 @@ class SlideClassifier(nn.Module):
     - ``head``: aggregated feature ``[B, D]`` -> logits ``[B]``.
 
     Any ``nn.Module`` obeying these shapes may be passed in place of the built-in ones; the stages in
-    :mod:`wsi_ats.inference.stages` and the training loop only use these three calls.
+    :mod:`wsi_ats.stages` and the training loop only use these three calls.
     """
 
     def __init__(

@@ -1,7 +1,6 @@
-"""Cohort prediction on Dask: manifest validation, per-slide stages as tasks, resumable outputs.
+"""Cohort prediction on Dask: per-slide stages as tasks, resumable outputs.
 
-``predict_cohort`` is imported lazily so that ``wsi_ats.pipeline.paths`` (used by the output writers)
-does not pull in dask.
+``predict_cohort`` is imported lazily, so that importing the package does not pull in dask.
 """
 
 from __future__ import annotations
@@ -9,13 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {
-    "predict_cohort": "wsi_ats.pipeline.cohort",
-    "load_manifest": "wsi_ats.pipeline.manifest",
-    "ManifestError": "wsi_ats.pipeline.manifest",
-    "slide_dir": "wsi_ats.pipeline.paths",
-    "slide_dir_name": "wsi_ats.pipeline.paths",
-}
+_EXPORTS = {"predict_cohort": "wsi_ats.pipeline.cohort"}
 
 __all__ = list(_EXPORTS)
 

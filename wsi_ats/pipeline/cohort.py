@@ -22,9 +22,9 @@ from typing import Any
 import pandas as pd
 from distributed import Client, Future, as_completed
 
+from wsi_ats.cohort.manifest import Manifest, OnMissing, SlideEntry, load_manifest
 from wsi_ats.pipeline.cluster import open_client, total_threads, workers_have_gpu
 from wsi_ats.pipeline.graph import RunParams, SlideTasks, submit_batch, submit_slide
-from wsi_ats.pipeline.manifest import Manifest, OnMissing, SlideEntry, load_manifest
 from wsi_ats.pipeline.state import (
     append_log,
     atomic_write_json,
@@ -137,7 +137,7 @@ def predict_cohort(
     ``4 * batch_slides``) bounds the slides in the graph; ``batch_slides`` slides share one feature
     pass. ``save_features`` also writes each slide's sampled tile features (``features.npy``,
     float32 ``[T*N, D]`` in ``coords.csv`` order), for cohort-level feature extraction. The
-    manifest is validated first (:class:`~wsi_ats.pipeline.manifest.ManifestError`).
+    manifest is validated first (:class:`~wsi_ats.cohort.manifest.ManifestError`).
 
     The returned frame has the columns of ``predictions.csv`` and ``attrs`` ``computed``, ``failed``
     and ``skipped`` (lists of slide ids of this run).

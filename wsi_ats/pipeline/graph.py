@@ -21,8 +21,8 @@ from typing import Any
 from dask.base import tokenize
 from distributed import Client, Future
 
+from wsi_ats.cohort.manifest import SlideEntry
 from wsi_ats.pipeline import tasks
-from wsi_ats.pipeline.manifest import SlideEntry
 
 STAGES = ("view", "sample", "tiles", "features", "finish")
 PRIORITY = {stage: i for i, stage in enumerate(STAGES)}

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from wsi_ats.atomic import atomic_write_bytes, atomic_write_json
-from wsi_ats.pipeline.paths import slide_dir
+from wsi_ats.cohort.paths import slide_dir
 
 PREDICTION_FILE = "prediction.json"
 ERROR_FILE = "error.json"

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsi_ats import stages
 from wsi_ats.atomic import atomic_write_bytes
-from wsi_ats.inference import stages
+from wsi_ats.cohort.paths import slide_dir
 from wsi_ats.inference.outputs import write_slide_outputs
-from wsi_ats.pipeline.paths import slide_dir
 from wsi_ats.pipeline.state import clear_error
 from wsi_ats.slides import open_slide
 

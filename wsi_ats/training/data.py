@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_ats.inference.stages import SlideView, read_tiles, view_of
+from wsi_ats.cohort.manifest import load_manifest
 from wsi_ats.models import PipelineConfig
-from wsi_ats.pipeline.manifest import load_manifest
 from wsi_ats.slides import Slide, open_slide
+from wsi_ats.stages import SlideView, read_tiles, view_of
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from wsi_ats.atomic import atomic_path
-from wsi_ats.inference.stages import aggregate_slide, sample_slide, tile_features
 from wsi_ats.models import (
     CheckpointError,
     PipelineConfig,
@@ -29,6 +28,7 @@ from wsi_ats.models import (
     save_checkpoint,
 )
 from wsi_ats.models.checkpoint import check_state_dict
+from wsi_ats.stages import aggregate_slide, sample_slide, tile_features
 from wsi_ats.training.data import LabelledSlide, SlideStore, read_cohort, split_cohort
 from wsi_ats.training.step import train_step
 

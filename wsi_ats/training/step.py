@@ -22,14 +22,14 @@ import numpy as np
 import torch
 
 from wsi_ats.core import expectation, multinomial_entropy, sample
-from wsi_ats.inference.stages import (
+from wsi_ats.models import SlideClassifier
+from wsi_ats.stages import (
     SlideView,
     cells_to_locations,
     effective_replace,
     tiles_to_tensor,
     view_tensors,
 )
-from wsi_ats.models import SlideClassifier
 from wsi_ats.training.data import LabelledSlide, SlideStore
 
 

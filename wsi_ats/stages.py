@@ -1,8 +1,8 @@
-"""Inference stages shared by :func:`predict_slide` and the Dask cohort pipeline.
+"""Per-slide stages shared by training, :func:`~wsi_ats.inference.predict_slide` and the Dask
+cohort pipeline: the layer between the slides and everything that learns or predicts.
 
 Each stage is a plain function of plain, picklable data (dataclasses of numpy arrays), so the
-pipeline can run them as separate tasks and :func:`~wsi_ats.inference.predict.predict_slide` simply
-chains them::
+pipeline can run them as separate tasks and ``predict_slide`` simply chains them::
 
     view = view_slide(path, config, slide_id)          # open, low-res view, tissue mask, close
     smp = sample_slide(view, model, n_draws, seed)     # attention map + T draws of N cells
@@ -293,10 +293,3 @@ def tissue_tile_count(view: SlideView, tile_size_level0: tuple[int, int]) -> flo
     sy, sx = view.scale
     w, h = tile_size_level0
     return float(view.mask.sum()) * sy * sx / (w * h)
-
-
-def predict_slide(*args: object, **kwargs: object) -> SlidePrediction:
-    """See :func:`wsi_ats.inference.predict.predict_slide` (re-exported here as INTERNALS.md lists)."""
-    from wsi_ats.inference.predict import predict_slide as _predict_slide
-
-    return _predict_slide(*args, **kwargs)
