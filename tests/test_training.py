@@ -113,7 +113,7 @@ def test_prefetched_draws_use_current_weights(cohort: Path) -> None:
             view = store.view(plan.slide)
             x = torch.from_numpy(view.image).permute(2, 0, 1)[None].float() / 255
             att = model.attention(x, torch.from_numpy(view.mask)[None]).reshape(-1)
-            assert bool((att[plan.indices[0]] > 0).all())
+            assert bool((att[plan.drawn.indices[0]] > 0).all())
 
 
 def test_split_cohort_holds_out_val_when_missing(cohort: Path) -> None:

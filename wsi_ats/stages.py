@@ -25,7 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsi_ats.core import cell_offsets, expectation, sample
+from wsi_ats.core import (
+    AppearanceStrata,
+    Draw,
+    appearance_strata,
+    cell_descriptors,
+    cell_offsets,
+    draw,
+    estimate,
+    mask_to_map,
+    stratified_proposal,
+)
 from wsi_ats.models import PipelineConfig, SlideClassifier
 from wsi_ats.slides import Slide, SlideReadError, open_slide
 from wsi_ats.slides import low_res_view as _low_res_view
@@ -157,6 +167,42 @@ def cells_to_locations(
     return torch.ceil(xy - 1e-6).long().numpy().reshape(*indices.shape, 2)
 
 
+def view_descriptors(
+    view: SlideView, map_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Appearance descriptors ``[K, d]`` of the view's attention cells
+    (:func:`wsi_ats.core.cell_descriptors`) and their tissue support ``bool[K]`` (every cell when
+    the slide has no detected tissue, as the attention does)."""
+    x, m = view_tensors(view, torch.device("cpu"))
+    support = mask_to_map(m, map_size).reshape(-1)
+    if not bool(support.any()):
+        support = torch.ones_like(support)
+    return cell_descriptors(x, map_size)[0], support
+
+
+def appearance_exploration(
+    view: SlideView,
+    map_size: tuple[int, int],
+    strata: AppearanceStrata | None = None,
+    n_strata: int = 16,
+    rarity: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """float32 ``[mh * mw]``: exploration spread over the appearance strata of the view's tissue
+    cells (``strata`` fitted on the cohort, else ``n_strata`` clusters of this view alone), each
+    cell weighted by its stratum's ``count ** -rarity`` (:func:`wsi_ats.core.stratified_proposal`)."""
+    desc, support = view_descriptors(view, map_size)
+    ids = appearance_strata(desc[None], support[None], n_strata, seed=seed, strata=strata)
+    return stratified_proposal(ids, rarity)[0].numpy()
+
+
+def attention_map_size(model: SlideClassifier, view: SlideView) -> tuple[int, int]:
+    """``(mh, mw)``: the size of the attention map ``model`` gives for ``view``."""
+    x, m = view_tensors(view, model.device)
+    with torch.no_grad(), eval_mode(model):
+        return tuple(model.attention(x, m).shape[1:])
+
+
 def effective_replace(attention: torch.Tensor, n: int, replace: bool) -> bool:
     """``replace``, or ``True`` when fewer than ``n`` cells have nonzero attention (tiny tissue)."""
     return replace or int((attention.reshape(attention.shape[0], -1) > 0).sum(dim=1).min()) < n
@@ -185,7 +231,8 @@ def sample_slide(
     gen = torch.Generator(device=device)
     gen.manual_seed(slide_seed(seed, view.slide_id))
     flat = att.reshape(1, -1).expand(n_draws, -1).contiguous()
-    indices, sampled = sample(flat, n, replace=replace, generator=gen)
+    drawn = draw(flat, n, replace, gen)
+    indices, sampled = drawn.indices, drawn.proposal  # the proposal is the attention itself
     return SlideSample(
         slide_id=view.slide_id,
         path=view.path,
@@ -256,8 +303,11 @@ def aggregate_slide(
     device = model.device
     f = torch.as_tensor(features, dtype=torch.float32, device=device).reshape(t, n, -1)
     a = torch.as_tensor(sample.sampled_attention, dtype=torch.float32, device=device)
+    drawn = Draw(torch.as_tensor(sample.indices, device=device), a, sample.replace)
+    attention = torch.as_tensor(sample.attention, dtype=torch.float32, device=device)
     with torch.no_grad(), eval_mode(model):
-        probs = torch.sigmoid(model.classify(expectation(a, f, sample.replace))).float().cpu()
+        pooled = estimate(attention.reshape(1, -1).expand(t, -1), drawn, f)
+        probs = torch.sigmoid(model.classify(pooled)).float().cpu()
     probs_np = probs.numpy().astype(np.float32)
     p = float(probs_np.mean())
     n_read = len(np.unique(sample.locations.reshape(-1, 2), axis=0))

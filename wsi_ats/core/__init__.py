@@ -8,8 +8,16 @@ from wsi_ats.core.attention_sampling import (
 )
 from wsi_ats.core.draws import Draw, draw, estimate, exploration_proposal
 from wsi_ats.core.expectation import CONTROL_VARIATES, expectation
+from wsi_ats.core.exploration import (
+    AppearanceStrata,
+    appearance_strata,
+    cell_descriptors,
+    fit_appearance_strata,
+    stratified_proposal,
+)
 from wsi_ats.core.instance import (
     attention_distillation_loss,
+    evidence_likelihood_loss,
     instance_evidence,
     topk_instance_loss,
 )
@@ -21,8 +29,11 @@ from wsi_ats.core.sampling import sample
 
 __all__ = [
     "CONTROL_VARIATES",
+    "AppearanceStrata",
     "AttentionSampling",
     "AttentionSamplingOutput",
+    "appearance_strata",
+    "cell_descriptors",
     "Draw",
     "PatchSource",
     "attention_distillation_loss",
@@ -30,14 +41,17 @@ __all__ = [
     "cell_offsets",
     "draw",
     "estimate",
+    "evidence_likelihood_loss",
     "expectation",
     "exploration_proposal",
     "extract_patches",
+    "fit_appearance_strata",
     "instance_evidence",
     "mask_to_map",
     "masked_logits",
     "masked_softmax",
     "multinomial_entropy",
     "sample",
+    "stratified_proposal",
     "topk_instance_loss",
 ]

@@ -28,21 +28,30 @@ class Draw(NamedTuple):
 
 
 def exploration_proposal(
-    attention: Tensor, explore: float, support: Tensor | None = None
+    attention: Tensor,
+    explore: float,
+    support: Tensor | None = None,
+    exploration: Tensor | None = None,
 ) -> Tensor:
-    """``(1 - explore) a + explore u`` ``[B, K]`` (no gradient), ``u`` uniform over ``support``.
+    """``(1 - explore) a + explore e`` ``[B, K]`` (no gradient).
 
-    ``attention`` is ``[B, K]`` or ``[B, *grid]``; ``support`` (same shape, bool) defaults to the cells
-    with nonzero attention (the tissue, for a masked attention). ``explore`` in ``[0, 1]``.
+    ``attention`` is ``[B, K]`` or ``[B, *grid]``. ``e`` is ``exploration`` (a distribution of the
+    same shape, e.g. :func:`wsi_ats.core.stratified_proposal`) or, by default, uniform over
+    ``support`` (same shape, bool; default the cells with nonzero attention: the tissue, for a
+    masked attention). ``explore`` in ``[0, 1]``.
     """
     if not 0.0 <= explore <= 1.0:
         raise ValueError(f"explore must be in [0, 1], got {explore}")
     flat = attention.detach().reshape(attention.shape[0], -1)
     if explore == 0.0:
         return flat
-    keep = (flat > 0) if support is None else support.reshape(flat.shape).to(flat.device)
-    uniform = keep.to(flat.dtype) / keep.sum(dim=1, keepdim=True).clamp_min(1).to(flat.dtype)
-    return (1.0 - explore) * flat + explore * uniform
+    if exploration is not None:
+        e = exploration.detach().reshape(flat.shape).to(device=flat.device, dtype=flat.dtype)
+        e = e / e.sum(dim=1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+    else:
+        keep = (flat > 0) if support is None else support.reshape(flat.shape).to(flat.device)
+        e = keep.to(flat.dtype) / keep.sum(dim=1, keepdim=True).clamp_min(1).to(flat.dtype)
+    return (1.0 - explore) * flat + explore * e
 
 
 def draw(
@@ -52,14 +61,16 @@ def draw(
     generator: torch.Generator | None = None,
     explore: float = 0.0,
     support: Tensor | None = None,
+    exploration: Tensor | None = None,
 ) -> Draw:
     """Draw ``n`` cells per item from the attention, or from its mixture with uniform exploration.
 
-    With ``explore > 0`` a share ``explore`` of the probability mass is spread uniformly over
-    ``support`` (default: the cells with nonzero attention), so that cells the attention neglects
-    are still visited; :func:`estimate` reweights the draws so the estimate stays unbiased.
+    With ``explore > 0`` a share ``explore`` of the probability mass follows ``exploration`` (default:
+    uniform over ``support``, itself by default the cells with nonzero attention), so that cells the
+    attention neglects are still visited; :func:`estimate` reweights the draws so the estimate
+    stays unbiased. ``exploration`` must be positive wherever the attention is.
     """
-    proposal = exploration_proposal(attention, explore, support)
+    proposal = exploration_proposal(attention, explore, support, exploration)
     with torch.no_grad():
         indices, _ = sample(proposal, n, replace=replace, generator=generator)
         return Draw(indices, proposal.gather(1, indices), bool(replace))

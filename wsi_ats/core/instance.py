@@ -10,11 +10,18 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["attention_distillation_loss", "instance_evidence", "topk_instance_loss"]
+__all__ = [
+    "attention_distillation_loss",
+    "evidence_likelihood_loss",
+    "instance_evidence",
+    "topk_instance_loss",
+]
 
 
 def topk_instance_loss(
@@ -26,6 +33,10 @@ def topk_instance_loss(
         instance_logits: ``[B, N]`` (binary: one logit per tile) or ``[B, N, C]`` (``C`` classes).
         labels: ``[B]``: 0/1 (binary) or class indices.
         k: instances per bag that carry the label (the ``k`` highest-scoring for it; ``min(k, N)``).
+            ``k = 0``: every instance carries its bag's label (naive MIL); the instance classifier
+            then estimates the odds that a tile comes from a bag of that label, which a tile seen
+            only in such bags (a lesion) pushes towards certainty, and a tile seen in every kind of
+            bag (stroma) leaves at the prior: the density ratio :func:`instance_evidence` reads.
         negatives: binary only: ``"all"`` trains every instance of a negative bag towards 0 (none of
             them may be positive), ``"topk"`` only its ``k`` highest-scoring ones.
 
@@ -39,9 +50,12 @@ def topk_instance_loss(
             f"expected instance_logits [B, N] or [B, N, C] and labels [B], got "
             f"{tuple(instance_logits.shape)} and {tuple(labels.shape)}"
         )
-    k = max(1, min(int(k), instance_logits.shape[1]))
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    n = instance_logits.shape[1]
+    k = n if k == 0 else min(int(k), n)
     if instance_logits.dim() == 3:
-        b, n, c = instance_logits.shape
+        b, _, c = instance_logits.shape
         y = labels.long()
         for_label = instance_logits.gather(2, y.view(b, 1, 1).expand(b, n, 1))[..., 0]
         top = for_label.topk(k, dim=1).indices  # [B, k]
@@ -57,30 +71,81 @@ def topk_instance_loss(
     return torch.where(y > 0.5, pos, neg).mean()
 
 
-def instance_evidence(instance_logits: Tensor, labels: Tensor | None = None) -> Tensor:
-    """Stop-gradient evidence ``[B, N]`` in ``[0, 1]`` of each tile: binary ``[B, N]`` logits give
-    the positive-class probability (whatever the bag's label: where a positive would show);
-    multi-class ``[B, N, C]`` logits give the probability of the bag's class ``labels`` ``[B]``."""
+def instance_evidence(
+    instance_logits: Tensor, labels: Tensor | None = None, prior: float | None = None
+) -> Tensor:
+    """Stop-gradient evidence ``[B, N]`` in ``[0, 1)``: how sure a tile is to show what its label
+    needs, beyond what tiles of every kind of bag show.
+
+    The instance classifier gives odds ``o`` that a tile belongs to a bag of the class (binary:
+    the positive class, whatever the bag's label, i.e. where a positive would show; multi-class
+    ``[B, N, C]`` logits: the bag's class ``labels`` ``[B]``). Divided by the prior odds (``prior``
+    of the class; default 1/2, or 1/C) they estimate the density ratio ``r`` of such tiles in bags
+    of the class against the others, and ``1 - 1/r`` (0 when ``r <= 1``) is the share of such tiles
+    that only bags of the class have: ~1 for a lesion, 0 for tissue every slide has.
+    """
     with torch.no_grad():
         if instance_logits.dim() == 2:
-            return torch.sigmoid(instance_logits)
-        if labels is None:
-            raise ValueError("multi-class instance evidence needs the bag labels")
-        p = torch.softmax(instance_logits, dim=-1)
-        b, n, _ = p.shape
-        return p.gather(2, labels.long().view(b, 1, 1).expand(b, n, 1))[..., 0]
+            p0 = 0.5 if prior is None else prior
+            log_r = instance_logits.float() - math.log(p0 / (1 - p0))
+        else:
+            if labels is None:
+                raise ValueError("multi-class instance evidence needs the bag labels")
+            b, n, c = instance_logits.shape
+            logp = torch.log_softmax(instance_logits.float(), dim=-1)
+            logp_y = logp.gather(2, labels.long().view(b, 1, 1).expand(b, n, 1))[..., 0]
+            log_odds = logp_y - torch.log1p(-logp_y.exp().clamp_max(1 - 1e-6))
+            p0 = 1.0 / c if prior is None else prior
+            log_r = log_odds - math.log(p0 / (1 - p0))
+        return (1 - torch.exp(-log_r.clamp_min(0))).to(instance_logits.dtype)
 
 
-def attention_distillation_loss(sampled_logits: Tensor, evidence: Tensor) -> Tensor:
+def attention_distillation_loss(
+    sampled_logits: Tensor, evidence: Tensor, weights: Tensor | None = None
+) -> Tensor:
     """BCE between ``sigmoid(attention logit)`` of the sampled cells ``[B, N]`` and the evidence
-    ``[B, N]`` found in their tiles (no gradient to the evidence).
+    ``[B, N]`` found in their tiles (no gradient to the evidence), averaged with ``weights``.
 
     The attention logit of a cell then estimates the log-odds that its tile shows evidence, so the
-    softmax over cells puts mass in proportion to those odds. Non-finite logits (masked cells, never
-    drawn) are not allowed.
+    softmax over cells puts mass in proportion to those odds. The cells were drawn from a proposal
+    ``q``: unweighted, a cell drawn often would be fitted more than one drawn rarely, and exploring a
+    structure (evidence 0 while nothing is learnt yet) would teach the attention to avoid it. Pass
+    ``weights = u / q`` (``u`` the measure the fit should follow, e.g. uniform over tissue): each
+    bag's loss is the ``weights``-normalised mean (self-normalised importance sampling).
     """
     if sampled_logits.shape != evidence.shape:
         raise ValueError(
             f"sampled_logits {tuple(sampled_logits.shape)} and evidence {tuple(evidence.shape)} differ"
         )
-    return F.binary_cross_entropy_with_logits(sampled_logits, evidence.detach().to(sampled_logits))
+    target = evidence.detach().to(sampled_logits)
+    loss = F.binary_cross_entropy_with_logits(sampled_logits, target, reduction="none")
+    if weights is None:
+        return loss.mean()
+    w = weights.detach().to(loss)
+    if w.shape != loss.shape:
+        raise ValueError(f"weights {tuple(w.shape)} do not match the logits {tuple(loss.shape)}")
+    w = w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    return (w * loss).sum(dim=1).mean()
+
+
+def evidence_likelihood_loss(
+    sampled_log_attention: Tensor, evidence: Tensor, weights: Tensor | None = None
+) -> Tensor:
+    """``-(1/N) sum_i w_i e_i log a_i`` per bag, averaged: the attention, as a distribution over all
+    cells, is fitted to where evidence was found (``a_k`` proportional to the evidence of cell
+    ``k`` at the optimum, under the measure the ``weights`` correct to).
+
+    ``sampled_log_attention`` ``[B, N]`` is ``log_softmax`` over every cell, gathered at the drawn
+    cells, so the gradient raises the cells with evidence and lowers every other cell in proportion
+    to its attention. ``weights`` ``[B, N]``: ``u / q`` for draws from a proposal ``q`` (``u`` the
+    measure, e.g. uniform over tissue: ``1 / (K q)``). Bags with no evidence contribute nothing.
+    """
+    if sampled_log_attention.shape != evidence.shape:
+        raise ValueError(
+            f"sampled_log_attention {tuple(sampled_log_attention.shape)} and evidence "
+            f"{tuple(evidence.shape)} differ"
+        )
+    target = evidence.detach().to(sampled_log_attention)
+    if weights is not None:
+        target = target * weights.detach().to(target)
+    return -(target * sampled_log_attention).mean(dim=1).mean()

@@ -35,6 +35,9 @@ class SlideClassifier(nn.Module):
         self.attention_net = attention_net or AttentionNet.from_config(config.attention)
         self.feature_net = feature_net or build_feature_net(config.features)
         self.head = head or ClassifierHead.from_config(config.features.dim, config.head)
+        # tile-level classifier of the instance losses (training); its own weights, so that the
+        # slide head's calibration and the tiles' evidence do not pull on each other
+        self.instance_head = nn.Linear(config.features.dim, 1)
 
     @property
     def device(self) -> torch.device:
@@ -54,6 +57,11 @@ class SlideClassifier(nn.Module):
     def features(self, tiles: torch.Tensor) -> torch.Tensor:
         """Tile features ``[n, D]`` of tiles ``[n, 3, p, p]`` in ``[0, 1]``."""
         return self.feature_net(tiles)
+
+    def instance_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Tile logits ``[n]`` of tile features ``[n, D]``: how much a tile looks like what only
+        positive slides show (trained by the instance loss, read by attention distillation)."""
+        return self.instance_head(features)[..., 0]
 
     def classify(self, aggregated: torch.Tensor) -> torch.Tensor:
         """Slide logits ``[B]`` of aggregated features ``[B, D]``."""

@@ -56,7 +56,9 @@ class FeatureConfig:
     )
     width: int = 16  # channels of the first convolution of the compact CNN (doubles per stage)
     dim: int = 32  # length D of a tile's feature vector
-    normalize: bool = False  # L2-normalise each feature vector
+    normalize: bool = (
+        True  # L2-normalise each feature vector (keeps the attention gradient bounded)
+    )
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,28 @@ class TrainConfig:
 
     epochs: int = 10  # passes over the training slides
     batch_size: int = 8  # slides per optimiser step (gradients accumulated slide by slide)
-    lr: float = 1e-3  # Adam learning rate
+    lr: float = 1e-3  # Adam learning rate of the feature network and the head
+    attention_lr: float = 3e-4  # Adam learning rate of the attention network (its own group)
     weight_decay: float = 0.0  # Adam weight decay
-    entropy_coef: float = 1e-3  # weight of the attention-entropy bonus (> 0 keeps attention spread)
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    entropy_coef: float = 0.0  # weight of the attention-entropy bonus (> 0 keeps attention spread)
+    grad_clip: float = 1.0  # max gradient norm of the feature network and head; 0 = no clipping
+    attention_grad_clip: float = 1.0  # max gradient norm of the attention network, clipped alone
+    control_variate: str = "loo"  # baseline in the attention gradient: "none", "mean", "loo"
+    instance_coef: float = 1.0  # weight of the top-k instance loss on the sampled tiles; 0 = off
+    instance_topk: int = 0  # tiles of a positive slide trained towards its label; 0 = every tile
+    distill_coef: float = 1.0  # weight of attention logits -> tiles' instance scores; 0 = off
+    distill: str = (
+        "distribution"  # "distribution": the softmax fits the evidence; "odds": each logit does
+    )
+    explore: float = 0.9  # share of the draws spread uniformly over tissue (importance-weighted)
+    explore_epochs: int = 8  # explore falls linearly to 0 over this many epochs; 0 = constant
+    explore_strata: int = 16  # appearance strata of exploration (k-means); 0 = uniform over tissue
+    explore_scope: str = "slide"  # strata of each slide's own cells, or "cohort" (training slides)
+    explore_rarity: float = 1.0  # stratum mass ~ count^-rarity: 1 = even, > 1 favours rare ones
+    n_patches_start: int = (
+        128  # N at the first epoch, annealed to sampling.n_patches; 0 = no anneal
+    )
+    anneal_epochs: int = 4  # epochs over which N goes from n_patches_start to sampling.n_patches
     seed: int = 0  # seeds shuffling, sampling and initialisation
     read_workers: int = 4  # threads that read tiles of upcoming slides in the background
     val_fraction: float = 0.2  # share of train slides held out when the manifest has no "val" split
@@ -111,6 +131,10 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "predict": PredictConfig,
 }
+
+#: how the attention gradient's control variate is formed (training): none; a running mean of pooled
+#: features; leave-one-out over the draws (plus the running mean where no other draw is left)
+CONTROL_VARIATES = ("none", "mean", "loo")
 
 #: sections whose fields decide the shapes of the weights (a checkpoint must match them)
 ARCHITECTURE_SECTIONS = ("attention", "features", "head")
@@ -271,6 +295,29 @@ def _validate(cfg: PipelineConfig) -> None:
         (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (cfg.train.entropy_coef >= 0, "train.entropy_coef must be >= 0"),
         (cfg.train.grad_clip >= 0, "train.grad_clip must be >= 0"),
+        (cfg.train.attention_lr > 0, "train.attention_lr must be > 0"),
+        (cfg.train.attention_grad_clip >= 0, "train.attention_grad_clip must be >= 0"),
+        (
+            cfg.train.control_variate in CONTROL_VARIATES,
+            f"train.control_variate must be one of {CONTROL_VARIATES}",
+        ),
+        (cfg.train.instance_coef >= 0, "train.instance_coef must be >= 0"),
+        (cfg.train.instance_topk >= 0, "train.instance_topk must be >= 0"),
+        (cfg.train.distill_coef >= 0, "train.distill_coef must be >= 0"),
+        (
+            cfg.train.distill in ("odds", "distribution"),
+            'train.distill must be "odds" or "distribution"',
+        ),
+        (0.0 <= cfg.train.explore <= 1.0, "train.explore must be in [0, 1]"),
+        (cfg.train.explore_epochs >= 0, "train.explore_epochs must be >= 0"),
+        (cfg.train.explore_strata >= 0, "train.explore_strata must be >= 0"),
+        (cfg.train.explore_rarity >= 0, "train.explore_rarity must be >= 0"),
+        (
+            cfg.train.explore_scope in ("slide", "cohort"),
+            'train.explore_scope must be "slide" or "cohort"',
+        ),
+        (cfg.train.n_patches_start >= 0, "train.n_patches_start must be >= 0"),
+        (cfg.train.anneal_epochs >= 0, "train.anneal_epochs must be >= 0"),
         (cfg.train.read_workers >= 1, "train.read_workers must be >= 1"),
         (0.0 <= cfg.train.val_fraction < 1.0, "train.val_fraction must be in [0, 1)"),
         (cfg.train.val_draws >= 1, "train.val_draws must be >= 1"),

@@ -8,16 +8,25 @@ tiles are read on demand, ``N`` per slide and step, from slide handles kept open
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from wsi_ats.cohort.manifest import load_manifest
+from wsi_ats.core import AppearanceStrata, fit_appearance_strata
 from wsi_ats.models import PipelineConfig
 from wsi_ats.slides import Slide, open_slide
-from wsi_ats.stages import SlideView, read_tiles, view_of
+from wsi_ats.stages import (
+    SlideView,
+    appearance_exploration,
+    read_tiles,
+    view_descriptors,
+    view_of,
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,8 @@ class SlideStore:
         self._lock = threading.Lock()
         self._handles: dict[str, Slide] = {}
         self._views: dict[str, Future[SlideView]] = {}
+        self._exploration: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
+        self.strata: AppearanceStrata | None = None
 
     def handle(self, path: str) -> Slide:
         with self._lock:
@@ -103,6 +114,39 @@ class SlideStore:
     def view(self, slide: LabelledSlide) -> SlideView:
         """The slide's cached :class:`SlideView` (computed now if not prefetched)."""
         return self._view_future(slide).result()
+
+    def fit_strata(
+        self, slides: list[LabelledSlide], map_size: Callable[[SlideView], tuple[int, int]]
+    ) -> AppearanceStrata:
+        """Fit the appearance strata of exploration on the tissue cells of ``slides`` (the training
+        slides; ``map_size(view)`` is the attention map's size for a view)."""
+        tc = self.config.train
+        self.prefetch_views(slides)
+        parts = []
+        for s in slides:
+            view = self.view(s)
+            desc, support = view_descriptors(view, map_size(view))
+            parts.append(desc[support])
+        self.strata = fit_appearance_strata(torch.cat(parts), tc.explore_strata, seed=tc.seed)
+        with self._lock:
+            self._exploration.clear()
+        return self.strata
+
+    def exploration(self, slide: LabelledSlide, map_size: tuple[int, int]) -> np.ndarray:
+        """The slide's appearance-stratified exploration ``[mh * mw]`` (computed once, kept): over
+        the strata of :meth:`fit_strata` when fitted, else over the slide's own clusters."""
+        key = (slide.slide_id, tuple(map_size))
+        with self._lock:
+            cached = self._exploration.get(key)
+        if cached is None:
+            tc = self.config.train
+            cached = appearance_exploration(
+                self.view(slide), map_size, self.strata, tc.explore_strata, tc.explore_rarity,
+                tc.seed,
+            )  # fmt: skip
+            with self._lock:
+                self._exploration[key] = cached
+        return cached
 
     def submit_tiles(
         self, path: str, locations: np.ndarray, level: int, size: tuple[int, int]

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +29,14 @@ from wsi_ats.models import (
     save_checkpoint,
 )
 from wsi_ats.models.checkpoint import check_state_dict
-from wsi_ats.stages import aggregate_slide, sample_slide, tile_features
+from wsi_ats.stages import (
+    aggregate_slide,
+    attention_map_size,
+    sample_slide,
+    tile_features,
+)
 from wsi_ats.training.data import LabelledSlide, SlideStore, read_cohort, split_cohort
-from wsi_ats.training.step import train_step
+from wsi_ats.training.step import RunningMean, StepSettings, build_optimizer, train_step
 
 HISTORY_FIELDS = [
     "epoch",
@@ -40,6 +46,10 @@ HISTORY_FIELDS = [
     "val_auc",
     "tiles_per_s",
     "seconds",
+    "n_patches",
+    "explore",
+    "instance_loss",
+    "distill_loss",
 ]
 
 
@@ -57,6 +67,23 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """Seed of epoch ``epoch``'s shuffling and sampling (so a resumed run draws what it would have)."""
     digest = hashlib.sha256(f"train\x00{seed}\x00{epoch}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def epoch_settings(config: PipelineConfig, epoch: int) -> StepSettings:
+    """Tiles per slide and exploration share of training epoch ``epoch`` (1-based).
+
+    ``N`` goes geometrically from ``train.n_patches_start`` at epoch 1 to ``sampling.n_patches`` at
+    epoch ``1 + train.anneal_epochs`` (more tiles while the attention knows nothing yet); ``explore``
+    falls linearly from ``train.explore`` to 0 over ``train.explore_epochs`` (constant when 0).
+    """
+    tc, n = config.train, config.sampling.n_patches
+    if tc.n_patches_start > 0 and tc.anneal_epochs > 0:
+        t = min(max(epoch - 1, 0) / tc.anneal_epochs, 1.0)
+        n = max(1, round(tc.n_patches_start * (n / tc.n_patches_start) ** t))
+    explore = tc.explore
+    if tc.explore_epochs > 0:
+        explore *= max(0.0, 1.0 - max(epoch - 1, 0) / tc.explore_epochs)
+    return StepSettings(n, explore)
 
 
 def safe_auc(labels: list[int], probs: list[float]) -> float:
@@ -103,6 +130,7 @@ def train(
     progress: bool = True,
     device: str | torch.device | None = None,
     model: SlideClassifier | None = None,
+    on_epoch: Callable[[SlideClassifier, dict], None] | None = None,
 ) -> TrainResult:
     """Train a :class:`SlideClassifier` on the ``train`` rows of ``manifest``; returns the result.
 
@@ -119,6 +147,8 @@ def train(
             the epochs after the last finished one are run.
         model: a freshly built model to train instead of ``build_model(config)`` (custom networks;
             its ``config`` replaces ``config``).
+        on_epoch: called after each epoch with the model and the epoch's history row (benchmarks
+            use it to follow where the attention looks); it may add keys to the row.
     """
     out_dir = Path(out_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -140,13 +170,18 @@ def train(
     total_epochs = tc.epochs if epochs is None else int(epochs)
 
     model = (model or build_model(config, seed=tc.seed)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = build_optimizer(model)
+    running_mean = RunningMean()
     start_epoch, history, best = 1, [], None
     best_epoch, best_auc = 0, float("nan")
     if state is not None:
         check_state_dict(out_dir / "last.pt", model, state["state_dict"])
         model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # e.g. a run saved before the attention had its own group
+            raise CheckpointError(last, f"its optimizer state does not fit: {exc}") from None
+        running_mean.load(state.get("running_mean"))
         start_epoch = int(state["epoch"]) + 1
         history = list(_read_history(out_dir / "history.csv"))
         best_epoch = int(state.get("best_epoch", 0))
@@ -158,6 +193,8 @@ def train(
     train_set, val_set = split_cohort(slides, tc.val_fraction, tc.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     with SlideStore(config, tc.read_workers) as store:
+        if tc.explore_strata > 0 and tc.explore > 0 and tc.explore_scope == "cohort":
+            store.fit_strata(train_set, lambda view: attention_map_size(model, view))
         epochs_bar = tqdm(
             total=total_epochs, initial=start_epoch - 1, desc="train", unit="epoch",
             disable=not progress,
@@ -165,12 +202,15 @@ def train(
         for epoch in range(start_epoch, total_epochs + 1):
             t0 = time.perf_counter()
             row = _run_epoch(
-                model, optimizer, store, train_set, val_set, epoch, total_epochs, progress
-            )
+                model, optimizer, store, train_set, val_set, epoch, total_epochs, progress,
+                running_mean,
+            )  # fmt: skip
             val_probs, val_labels = evaluate(model, store, val_set, tc.val_draws, tc.seed)
             row["val_auc"] = safe_auc(val_labels, val_probs)
             row["val_loss"] = bce(val_labels, val_probs)
             row["seconds"] = time.perf_counter() - t0
+            if on_epoch is not None:
+                on_epoch(model, row)
             history.append(row)
             epochs_bar.update(1)
             epochs_bar.set_postfix(
@@ -198,6 +238,7 @@ def train(
                 best_epoch=best_epoch,
                 best_val_auc=best_auc,
                 best_val_loss=-best[1],
+                **({} if running_mean.value is None else {"running_mean": running_mean.state()}),
             )
             _write_history(out_dir / "history.csv", history)
         epochs_bar.close()
@@ -222,14 +263,16 @@ def _run_epoch(
     epoch: int,
     total_epochs: int,
     progress: bool,
+    running_mean: RunningMean | None = None,
 ) -> dict:
     tc = model.config.train
+    settings = epoch_settings(model.config, epoch)
     seed = epoch_seed(tc.seed, epoch)
     order = np.random.default_rng(seed).permutation(len(train_set))
     generator = torch.Generator(device=model.device)
     generator.manual_seed(seed)
     model.train()
-    losses, probs, labels, tiles = [], [], [], 0
+    losses, probs, labels, tiles, inst, dist = [], [], [], 0, [], []
     t0 = time.perf_counter()
     bar = tqdm(
         total=len(order),
@@ -246,8 +289,10 @@ def _run_epoch(
     for k, batch in enumerate(batches):
         # views of the next batch (no weights involved) are computed while this one trains
         store.prefetch_views(batches[k + 1] if k + 1 < len(batches) else val_set)
-        stats = train_step(model, optimizer, store, batch, generator)
+        stats = train_step(model, optimizer, store, batch, generator, settings, running_mean)
         losses.extend([stats.loss] * len(batch))
+        inst.append(stats.instance_loss)
+        dist.append(stats.distill_loss)
         probs.extend(stats.probabilities)
         labels.extend(stats.labels)
         tiles += stats.tiles
@@ -260,6 +305,10 @@ def _run_epoch(
         "train_loss": float(np.mean(losses)),
         "train_auc": safe_auc(labels, probs),
         "tiles_per_s": tiles / max(time.perf_counter() - t0, 1e-9),
+        "n_patches": settings.n_patches,
+        "explore": settings.explore,
+        "instance_loss": float(np.mean(inst)) if inst else 0.0,
+        "distill_loss": float(np.mean(dist)) if dist else 0.0,
     }
 
 
@@ -276,6 +325,10 @@ def _read_history(path: Path) -> list[dict]:
         return []
     with path.open() as fh:
         return [
-            {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+            {
+                k: (int(v) if k in ("epoch", "n_patches") else float(v))
+                for k, v in row.items()
+                if v != ""
+            }
             for row in csv.DictReader(fh)
         ]

@@ -2,15 +2,22 @@
 
 Exactness of the prefetch. The weights change only at the optimiser step, after every slide of the
 batch. So, at the start of a step, the attention of every slide of the batch is computed (no grad),
-its ``N`` cells are drawn and their tile reads are submitted to the background pool at once. Then,
-slide by slide, the attention is recomputed *with* gradients (same weights, same input: the same
-distribution the cells were drawn from), the attention of the drawn cells is gathered from it, the
-tiles are awaited and the feature net, the estimator and the loss run. Reads of slides ``j+1..B``
-therefore overlap the compute of slide ``j``, and the estimator is exactly the unbiased one of
-``core.expectation``: no stale weights are ever used to draw. Each slide is its own forward pass
-(low-res views differ in size), gradients are accumulated over the batch (loss / B each). The
-low-res views and tissue masks of the *next* batch do not depend on the weights, so the loop
-(``loop._run_epoch``) has the pool compute them while this batch trains; they stay cached.
+its ``N`` cells are drawn (:func:`wsi_ats.core.draw`, from the attention or its mixture with
+uniform exploration) and their tile reads are submitted to the background pool at once. Then, slide
+by slide, the attention is recomputed *with* gradients (same weights, same input: the same
+distribution the cells were drawn from) and :func:`wsi_ats.core.estimate` gathers it at the drawn
+cells and forms the unbiased estimate; the tiles are awaited and the feature net, the head and the
+losses run. Reads of slides ``j+1..B`` therefore overlap the compute of slide ``j``, and no stale
+weights are ever used to draw. Each slide is its own forward pass (low-res views differ in size);
+gradients are accumulated over the batch (loss / B each).
+
+The loss of a slide (weights in ``[train]`` of the pipeline spec):
+
+* BCE of the slide logit ``head(estimate)`` against the label, minus ``entropy_coef`` x the
+  attention's entropy; the attention gradient uses the control variate ``control_variate``;
+* ``instance_coef`` x the top-``k`` instance loss on the sampled tiles' logits ``head(f_i)``;
+* ``distill_coef`` x the BCE of the sampled cells' attention logits against the (stop-gradient)
+  instance scores of their tiles: the attention learns which appearance is worth reading.
 """
 
 from __future__ import annotations
@@ -21,7 +28,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from wsi_ats.core import expectation, multinomial_entropy, sample
+from wsi_ats.core import (
+    Draw,
+    attention_distillation_loss,
+    draw,
+    estimate,
+    evidence_likelihood_loss,
+    exploration_proposal,
+    instance_evidence,
+    multinomial_entropy,
+    topk_instance_loss,
+)
 from wsi_ats.models import SlideClassifier
 from wsi_ats.stages import (
     SlideView,
@@ -39,9 +56,9 @@ class SlidePlan:
 
     slide: LabelledSlide
     view: SlideView
-    indices: torch.Tensor  # [1, N] into the flattened attention map
-    replace: bool
+    drawn: Draw  # indices [1, N] into the flattened attention map, their proposal probabilities
     tiles: Future  # Future[uint8[N, h, w, 3]]
+    exploration: torch.Tensor  # [1, N] the exploration measure at the drawn cells
 
 
 @dataclass
@@ -51,6 +68,37 @@ class StepStats:
     tiles: int  # tiles pushed through the feature net
     probabilities: list[float]
     labels: list[int]
+    instance_loss: float = 0.0  # mean top-k instance loss (0 when off)
+    distill_loss: float = 0.0  # mean attention-distillation loss (0 when off)
+
+
+@dataclass
+class StepSettings:
+    """What varies from epoch to epoch: the number of tiles drawn and the exploration share."""
+
+    n_patches: int
+    explore: float = 0.0
+
+
+class RunningMean:
+    """Exponential running mean of the pooled slide features (no gradient): the ``"mean"``
+    baseline of the attention gradient, independent of the draws it is used with."""
+
+    def __init__(self, momentum: float = 0.9) -> None:
+        self.momentum = momentum
+        self.value: torch.Tensor | None = None
+
+    def update(self, pooled: torch.Tensor) -> None:
+        x = pooled.detach().reshape(-1).float().cpu()
+        self.value = (
+            x if self.value is None else self.momentum * self.value + (1 - self.momentum) * x
+        )
+
+    def state(self) -> torch.Tensor | None:
+        return None if self.value is None else self.value.clone()
+
+    def load(self, value: torch.Tensor | None) -> None:
+        self.value = None if value is None else value.detach().float().cpu().clone()
 
 
 def plan_batch(
@@ -58,10 +106,12 @@ def plan_batch(
     store: SlideStore,
     slides: list[LabelledSlide],
     generator: torch.Generator,
+    settings: StepSettings | None = None,
 ) -> list[SlidePlan]:
     """Draw the cells of every slide with the current weights and submit their tile reads."""
     cfg = model.config
-    n = cfg.sampling.n_patches
+    settings = settings or StepSettings(cfg.sampling.n_patches)
+    n = settings.n_patches
     size = (cfg.slide.patch_size, cfg.slide.patch_size)
     plans = []
     with torch.no_grad():
@@ -70,11 +120,44 @@ def plan_batch(
             x, m = view_tensors(view, model.device)
             att = model.attention(x, m)
             replace = effective_replace(att, n, cfg.sampling.replace)
-            idx, _ = sample(att.reshape(1, -1), n, replace=replace, generator=generator)
-            locs = cells_to_locations(idx, tuple(att.shape[1:]), view, cfg)[0]
+            exploration = None
+            if cfg.train.explore_strata > 0:
+                e = store.exploration(s, tuple(att.shape[1:]))
+                exploration = torch.from_numpy(e).to(model.device)[None]
+            drawn = draw(att, n, replace, generator, settings.explore, exploration=exploration)
+            e = exploration_proposal(att, 1.0, exploration=exploration)  # the measure alone
+            locs = cells_to_locations(drawn.indices, tuple(att.shape[1:]), view, cfg)[0]
             fut = store.submit_tiles(view.path, locs, view.read_level, size)
-            plans.append(SlidePlan(s, view, idx, replace, fut))
+            plans.append(SlidePlan(s, view, drawn, fut, e.gather(1, drawn.indices)))
     return plans
+
+
+def parameter_groups(model: SlideClassifier) -> list[dict]:
+    """Adam parameter groups: the attention network, then the feature network and the head, each
+    with its own learning rate (``train.attention_lr``, ``train.lr``)."""
+    tc = model.config.train
+    attention = list(model.attention_net.parameters())
+    ids = {id(p) for p in attention}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [
+        {"params": attention, "lr": tc.attention_lr, "name": "attention"},
+        {"params": rest, "lr": tc.lr, "name": "features_head"},
+    ]
+
+
+def build_optimizer(model: SlideClassifier) -> torch.optim.Optimizer:
+    """Adam over :func:`parameter_groups` with ``train.weight_decay``."""
+    return torch.optim.Adam(parameter_groups(model), weight_decay=model.config.train.weight_decay)
+
+
+def clip_gradients(model: SlideClassifier) -> None:
+    """Clip the attention network's gradient norm and the rest's separately: the attention
+    gradient is heavy-tailed and must not shrink the feature network's updates (or vice versa)."""
+    tc = model.config.train
+    groups = parameter_groups(model)
+    for group, limit in zip(groups, (tc.attention_grad_clip, tc.grad_clip), strict=True):
+        if limit > 0:
+            torch.nn.utils.clip_grad_norm_(group["params"], limit)
 
 
 def train_step(
@@ -83,32 +166,86 @@ def train_step(
     store: SlideStore,
     slides: list[LabelledSlide],
     generator: torch.Generator,
+    settings: StepSettings | None = None,
+    running_mean: RunningMean | None = None,
 ) -> StepStats:
-    """One optimiser step on ``slides`` (BCE - entropy_coef * entropy, accumulated, clipped)."""
-    cfg = model.config.train
+    """One optimiser step on ``slides`` (the losses of the module docstring, accumulated, clipped)."""
+    tc = model.config.train
     device = model.device
-    plans = plan_batch(model, store, slides, generator)
+    plans = plan_batch(model, store, slides, generator, settings)
     optimizer.zero_grad(set_to_none=True)
-    losses, entropies, probs, labels = [], [], [], []
+    losses, entropies, instance_losses, distill_losses, probs, labels = [], [], [], [], [], []
     n_tiles = 0
     for plan in plans:
         x, m = view_tensors(plan.view, device)
-        att = model.attention(x, m)  # same weights and input as when drawing: same distribution
-        flat = att.reshape(1, -1)
-        sampled = flat.gather(1, plan.indices.to(device))
+        logits = model.attention_logits(x, m)  # same weights and input as when drawing
+        att = torch.softmax(logits.reshape(1, -1), dim=1)
         tiles = tiles_to_tensor(plan.tiles.result(), device)
-        feats = model.features(tiles)[None]  # [1, N, D]
-        logit = model.classify(expectation(sampled, feats, plan.replace))  # [1]
+        feats = model.features(tiles)  # [N, D]
+        pooled = estimate(
+            att,
+            plan.drawn,
+            feats[None],
+            "loo" if tc.control_variate == "loo" else "none",
+            _baseline(tc.control_variate, running_mean, device),
+        )
+        logit = model.classify(pooled)  # [1]
         target = torch.tensor([float(plan.slide.label)], device=device)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
-        entropy = multinomial_entropy(flat).mean()
-        ((bce - cfg.entropy_coef * entropy) / len(plans)).backward()
+        entropy = multinomial_entropy(att).mean()
+        loss = bce - tc.entropy_coef * entropy
+        if tc.instance_coef > 0 or tc.distill_coef > 0:
+            instance_logits = model.instance_logits(feats)[None]  # [1, N]
+            if tc.instance_coef > 0:
+                inst = topk_instance_loss(instance_logits, target, tc.instance_topk)
+                loss = loss + tc.instance_coef * inst
+                instance_losses.append(float(inst.detach()))
+            if tc.distill_coef > 0:
+                sampled_logits = logits.reshape(1, -1).gather(1, plan.drawn.indices.to(device))
+                # fit the logits under the exploration measure e (uniform over tissue, or even
+                # over appearance strata), not under the attention's own preferences: weight e / q
+                weights = plan.exploration.to(device) / plan.drawn.proposal.to(device)
+                if tc.distill == "odds":
+                    dist = attention_distillation_loss(
+                        sampled_logits, instance_evidence(instance_logits), weights
+                    )
+                else:  # "distribution": the attention as a whole moves to where evidence was
+                    # weights u / q, u uniform over tissue: estimates the mean of e_k log a_k
+                    tissue = int(torch.isfinite(logits).sum())
+                    log_att = torch.log_softmax(logits.reshape(1, -1), dim=1)
+                    sampled_log = log_att.gather(1, plan.drawn.indices.to(device))
+                    dist = evidence_likelihood_loss(
+                        sampled_log,
+                        instance_evidence(instance_logits),
+                        1.0 / (tissue * plan.drawn.proposal.to(device)),
+                    )
+                loss = loss + tc.distill_coef * dist
+                distill_losses.append(float(dist.detach()))
+        (loss / len(plans)).backward()
+        if running_mean is not None:
+            running_mean.update(pooled)
         losses.append(float(bce.detach()))
         entropies.append(float(entropy.detach()))
         probs.append(float(torch.sigmoid(logit.detach())[0]))
         labels.append(plan.slide.label)
         n_tiles += int(tiles.shape[0])
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    clip_gradients(model)
     optimizer.step()
-    return StepStats(float(np.mean(losses)), float(np.mean(entropies)), n_tiles, probs, labels)
+    return StepStats(
+        float(np.mean(losses)),
+        float(np.mean(entropies)),
+        n_tiles,
+        probs,
+        labels,
+        float(np.mean(instance_losses)) if instance_losses else 0.0,
+        float(np.mean(distill_losses)) if distill_losses else 0.0,
+    )
+
+
+def _baseline(
+    kind: str, running_mean: RunningMean | None, device: torch.device
+) -> torch.Tensor | None:
+    """The external baseline vector for ``kind`` ("mean" and "loo" use the running mean)."""
+    if kind == "none" or running_mean is None or running_mean.value is None:
+        return None
+    return running_mean.value.to(device)

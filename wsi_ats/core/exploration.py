@@ -1,0 +1,159 @@
+"""Where to explore before the attention knows anything: appearance strata of the low-res views.
+
+A uniform proposal over tissue visits a structure in proportion to its area, so a lesion covering
+0.1% of the tissue is read once in a thousand draws. Stratified exploration groups the cells of a
+cohort's low-res views by how they *look* (k-means on each cell's mean and spread of pixel values,
+fitted on the training cohort, so that an appearance that is rare in every slide but recurs across
+slides gets a stratum of its own) and spreads the exploration mass over a slide's strata in
+proportion to ``count ** -rarity`` per cell: ``rarity = 1`` gives every stratum present the same
+mass, ``rarity > 1`` favours the rarest ones (count-based exploration). It encodes no rule about
+which appearance matters (colour, darkness, texture): the attention learns that from what the
+sampled tiles show, and the importance weights of :func:`wsi_ats.core.estimate` keep every
+estimate unbiased.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "AppearanceStrata",
+    "appearance_strata",
+    "cell_descriptors",
+    "fit_appearance_strata",
+    "stratified_proposal",
+]
+
+
+def cell_descriptors(x_low: Tensor, map_size: tuple[int, int]) -> Tensor:
+    """``[B, K, 2C]``: mean and standard deviation of each channel over the low-res pixels of each
+    attention cell (``K = mh * mw``, row-major), from the view ``x_low`` ``[B, C, h, w]``."""
+    if x_low.dim() != 4:
+        raise ValueError(f"x_low must be [B, C, h, w], got shape {tuple(x_low.shape)}")
+    x = x_low.detach().float()
+    mean = F.adaptive_avg_pool2d(x, tuple(map_size))
+    square = F.adaptive_avg_pool2d(x * x, tuple(map_size))
+    std = (square - mean * mean).clamp_min(0).sqrt()
+    desc = torch.cat([mean, std], dim=1)  # [B, 2C, mh, mw]
+    return desc.flatten(2).transpose(1, 2)
+
+
+def _kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator) -> Tensor:
+    """Labels ``[n]`` of k-means (k-means++ seeding, ``iters`` Lloyd steps) on ``x`` ``[n, d]``."""
+    n = x.shape[0]
+    k = min(k, n)
+    first = int(torch.randint(n, (1,), generator=generator, device=x.device))
+    centres = [x[first]]
+    d2 = ((x - x[first]) ** 2).sum(1)
+    for _ in range(k - 1):
+        total = d2.sum()
+        if float(total) <= 0:  # fewer distinct points than k
+            break
+        i = int(torch.multinomial(d2 / total, 1, generator=generator))
+        centres.append(x[i])
+        d2 = torch.minimum(d2, ((x - x[i]) ** 2).sum(1))
+    c = torch.stack(centres)
+    labels = torch.cdist(x, c).argmin(1)
+    for _ in range(iters):
+        sums = torch.zeros_like(c).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=c.shape[0]).to(x.dtype)
+        moved = counts > 0
+        c[moved] = sums[moved] / counts[moved, None]
+        new = torch.cdist(x, c).argmin(1)
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+class AppearanceStrata(NamedTuple):
+    """Strata fitted on a cohort: descriptors are standardised with ``mean``/``std`` ``[d]`` and
+    assigned to the nearest of ``centres`` ``[S, d]``."""
+
+    mean: Tensor
+    std: Tensor
+    centres: Tensor
+
+
+def fit_appearance_strata(
+    descriptors: Tensor, n_strata: int, iters: int = 20, seed: int = 0, max_points: int = 200_000
+) -> AppearanceStrata:
+    """k-means (k-means++ seeding) on standardised cell descriptors ``[M, d]`` pooled over the
+    training slides' tissue cells (a seeded subsample of ``max_points`` when there are more)."""
+    if descriptors.dim() != 2 or descriptors.shape[0] == 0:
+        raise ValueError(f"descriptors must be a non-empty [M, d], got {tuple(descriptors.shape)}")
+    if n_strata < 1:
+        raise ValueError(f"n_strata must be >= 1, got {n_strata}")
+    x = descriptors.detach().float()
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    if x.shape[0] > max_points:
+        x = x[torch.randperm(x.shape[0], generator=gen, device=x.device)[:max_points]]
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+    z = (x - mean) / std
+    labels = _kmeans(z, n_strata, iters, gen)
+    centres = torch.stack([z[labels == j].mean(0) for j in torch.unique(labels)])
+    return AppearanceStrata(mean, std, centres)
+
+
+def appearance_strata(
+    descriptors: Tensor,
+    support: Tensor,
+    n_strata: int = 16,
+    iters: int = 10,
+    seed: int = 0,
+    strata: AppearanceStrata | None = None,
+) -> Tensor:
+    """Stratum of each cell ``LongTensor[B, K]`` (``-1`` off ``support``).
+
+    With ``strata`` (fitted on a cohort by :func:`fit_appearance_strata`) each ``support`` cell
+    (``[B, K]`` bool, e.g. tissue) goes to its nearest centre; without, the descriptors ``[B, K, d]``
+    of each item are standardised and clustered on their own into ``n_strata`` groups (k-means,
+    deterministic in ``seed``).
+    """
+    if descriptors.dim() != 3 or support.shape != descriptors.shape[:2]:
+        raise ValueError(
+            f"expected descriptors [B, K, d] and support [B, K], got {tuple(descriptors.shape)} "
+            f"and {tuple(support.shape)}"
+        )
+    if n_strata < 1:
+        raise ValueError(f"n_strata must be >= 1, got {n_strata}")
+    out = torch.full(support.shape, -1, dtype=torch.long, device=descriptors.device)
+    for b in range(descriptors.shape[0]):
+        keep = support[b].to(descriptors.device).bool()
+        x = descriptors[b][keep].float()
+        if x.shape[0] == 0:
+            continue
+        if strata is not None:
+            z = (x - strata.mean.to(x)) / strata.std.to(x)
+            out[b, keep] = torch.cdist(z, strata.centres.to(x)).argmin(1)
+            continue
+        x = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-6)
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        out[b, keep] = _kmeans(x, n_strata, iters, gen)
+    return out
+
+
+def stratified_proposal(strata: Tensor, rarity: float = 1.0) -> Tensor:
+    """``[B, K]``: cell ``k`` of stratum ``s`` gets mass proportional to ``count_s ** -rarity``
+    (``count_s``: the item's cells in ``s``), normalised per item; cells with stratum ``-1`` get 0.
+
+    ``rarity = 1``: every stratum present gets the same share, spread uniformly over its cells;
+    ``rarity = 0``: uniform over the cells; ``rarity > 1``: the rarer a stratum, the more it gets.
+    """
+    if rarity < 0:
+        raise ValueError(f"rarity must be >= 0, got {rarity}")
+    strata = strata.long()
+    out = torch.zeros(strata.shape, dtype=torch.float32, device=strata.device)
+    for b in range(strata.shape[0]):
+        keep = strata[b] >= 0
+        if not bool(keep.any()):
+            continue
+        labels = strata[b][keep]
+        counts = torch.bincount(labels).float()
+        w = counts[labels] ** -rarity
+        out[b, keep] = w / w.sum()
+    return out
