@@ -91,13 +91,13 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm of the feature network and head; 0 = no clipping
     attention_grad_clip: float = 1.0  # max gradient norm of the attention network, clipped alone
     control_variate: str = "loo"  # baseline in the attention gradient: "none", "mean", "loo"
-    instance_coef: float = 1.0  # weight of the top-k instance loss on the sampled tiles; 0 = off
+    instance_coef: float = 1.0  # weight of the instance loss on instance_head(f_i) of sampled tiles
     instance_topk: int = 0  # tiles of a positive slide trained towards its label; 0 = every tile
     distill_coef: float = 1.0  # weight of attention logits -> tiles' instance scores; 0 = off
     distill: str = (
         "distribution"  # "distribution": the softmax fits the evidence; "odds": each logit does
     )
-    explore: float = 0.9  # share of the draws spread uniformly over tissue (importance-weighted)
+    explore: float = 0.9  # share of the draws from the exploration measure (importance-weighted)
     explore_epochs: int = 8  # explore falls linearly to 0 over this many epochs; 0 = constant
     explore_strata: int = 16  # appearance strata of exploration (k-means); 0 = uniform over tissue
     explore_scope: str = "slide"  # strata of each slide's own cells, or "cohort" (training slides)

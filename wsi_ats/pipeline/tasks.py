@@ -1,4 +1,4 @@
-"""The functions the cohort graph runs on workers: thin wrappers over ``inference.stages``.
+"""The functions the cohort graph runs on workers: thin wrappers over ``wsi_ats.stages``.
 
 Each is a pure function of its inputs (the slide's path, the model reference, the run seed), so
 that a task lost with a killed worker can be recomputed anywhere. The model reaches a task either as

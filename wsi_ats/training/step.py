@@ -2,8 +2,8 @@
 
 Exactness of the prefetch. The weights change only at the optimiser step, after every slide of the
 batch. So, at the start of a step, the attention of every slide of the batch is computed (no grad),
-its ``N`` cells are drawn (:func:`wsi_ats.core.draw`, from the attention or its mixture with
-uniform exploration) and their tile reads are submitted to the background pool at once. Then, slide
+its ``N`` cells are drawn (:func:`wsi_ats.core.draw`, from the attention or its mixture with the
+exploration measure: even over the slide's appearance strata, or uniform over tissue) and their tile reads are submitted to the background pool at once. Then, slide
 by slide, the attention is recomputed *with* gradients (same weights, same input: the same
 distribution the cells were drawn from) and :func:`wsi_ats.core.estimate` gathers it at the drawn
 cells and forms the unbiased estimate; the tiles are awaited and the feature net, the head and the
@@ -15,9 +15,13 @@ The loss of a slide (weights in ``[train]`` of the pipeline spec):
 
 * BCE of the slide logit ``head(estimate)`` against the label, minus ``entropy_coef`` x the
   attention's entropy; the attention gradient uses the control variate ``control_variate``;
-* ``instance_coef`` x the top-``k`` instance loss on the sampled tiles' logits ``head(f_i)``;
-* ``distill_coef`` x the BCE of the sampled cells' attention logits against the (stop-gradient)
-  instance scores of their tiles: the attention learns which appearance is worth reading.
+* ``instance_coef`` x the top-``k`` instance loss on the sampled tiles' logits
+  ``instance_head(f_i)`` (``k = 0``: every tile carries the slide's label);
+* ``distill_coef`` x attention distillation towards the (stop-gradient) evidence of the sampled
+  tiles (:func:`wsi_ats.core.instance_evidence`): ``"distribution"`` fits the softmax over every
+  cell to where evidence was found (:func:`wsi_ats.core.evidence_likelihood_loss`, weights
+  ``1 / (K q)``); ``"odds"`` fits each sampled cell's logit by BCE. The attention learns which
+  low-res appearance is worth reading.
 """
 
 from __future__ import annotations
