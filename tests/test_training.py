@@ -150,3 +150,243 @@ def test_cli_train_and_heatmap(cohort: Path, tmp_path: Path, capsys: pytest.Capt
     slide = cohort.parent / "s1.tiff"
     assert main(["heatmap", str(slide), "--model", str(run / "model.pt"), "--out", str(png)]) == 0
     assert png.exists() and "probability" in capsys.readouterr().out
+
+
+# --- epoch settings, parameter groups, clipping -------------------------------------------------
+
+
+def test_epoch_settings_anneal_n_geometrically_and_explore_linearly() -> None:
+    from wsi_ats.training.loop import epoch_settings
+
+    cfg = CFG.replace(
+        sampling={"n_patches": 8},
+        train={"n_patches_start": 128, "anneal_epochs": 4, "explore": 0.9, "explore_epochs": 6},
+    )
+    settings = [epoch_settings(cfg, epoch) for epoch in range(1, 10)]
+    # 128 * (8 / 128) ** ((epoch - 1) / 4): halves each epoch, then stays at sampling.n_patches
+    assert [s.n_patches for s in settings] == [128, 64, 32, 16, 8, 8, 8, 8, 8]
+    # 0.9 * (1 - (epoch - 1) / 6), then 0
+    expected = [0.9 * max(0.0, 1 - (epoch - 1) / 6) for epoch in range(1, 10)]
+    assert [s.explore for s in settings] == pytest.approx(expected)
+    assert settings[6].explore == 0.0 and settings[-1].explore == 0.0
+    # uneven ratio: rounded, monotone, ends exactly at n_patches
+    odd = cfg.replace(
+        sampling={"n_patches": 10}, train={"n_patches_start": 100, "anneal_epochs": 3}
+    )
+    ns = [epoch_settings(odd, epoch).n_patches for epoch in range(1, 6)]
+    assert ns == [100, round(100 * 0.1 ** (1 / 3)), round(100 * 0.1 ** (2 / 3)), 10, 10]
+    # switched off: constant N and constant explore
+    flat = cfg.replace(train={"n_patches_start": 0, "explore_epochs": 0, "explore": 0.3})
+    assert {(epoch_settings(flat, e).n_patches, epoch_settings(flat, e).explore)
+            for e in range(1, 8)} == {(8, 0.3)}  # fmt: skip
+    no_anneal = cfg.replace(train={"anneal_epochs": 0})
+    assert epoch_settings(no_anneal, 1).n_patches == 8
+
+
+def test_parameter_groups_separate_the_attention_network() -> None:
+    from wsi_ats.models import build_model
+    from wsi_ats.training.step import build_optimizer, parameter_groups
+
+    cfg = CFG.replace(train={"lr": 0.01, "attention_lr": 0.0005})
+    model = build_model(cfg, seed=0)
+    groups = parameter_groups(model)
+    assert [g["name"] for g in groups] == ["attention", "features_head"]
+    assert [g["lr"] for g in groups] == [0.0005, 0.01]
+    attention = {id(p) for p in groups[0]["params"]}
+    rest = {id(p) for p in groups[1]["params"]}
+    assert attention == {id(p) for p in model.attention_net.parameters()}
+    assert not attention & rest
+    assert attention | rest == {id(p) for p in model.parameters()}
+    others = [model.feature_net, model.head, model.instance_head]
+    assert rest == {id(p) for m in others for p in m.parameters()}
+    optimizer = build_optimizer(model)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.0005, 0.01]
+
+
+def _group_norm(params: list[torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+
+@pytest.mark.parametrize("huge", ["attention", "features_head"])
+def test_clip_gradients_clips_each_group_to_its_own_limit(huge: str) -> None:
+    from wsi_ats.models import build_model
+    from wsi_ats.training.step import clip_gradients, parameter_groups
+
+    cfg = CFG.replace(train={"grad_clip": 2.0, "attention_grad_clip": 0.5})
+    model = build_model(cfg, seed=0)
+    groups = {g["name"]: g["params"] for g in parameter_groups(model)}
+    limits = {"attention": 0.5, "features_head": 2.0}
+    gen = torch.Generator().manual_seed(0)
+    for name, params in groups.items():
+        scale = 1e4 if name == huge else 1e-4  # the other group stays well below its limit
+        for p in params:
+            p.grad = scale * torch.randn(p.shape, generator=gen)
+    small = next(n for n in groups if n != huge)
+    before = [p.grad.clone() for p in groups[small]]
+    clip_gradients(model)
+    assert _group_norm(groups[huge]) == pytest.approx(limits[huge], rel=1e-5)
+    for p, g in zip(groups[small], before, strict=True):
+        assert torch.equal(p.grad, g)  # untouched by the other group's clip
+    # a limit of 0 switches clipping off for that group
+    off = build_model(cfg.replace(train={"attention_grad_clip": 0.0, "grad_clip": 0.0}), seed=0)
+    for p in off.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    clip_gradients(off)
+    assert all(bool((p.grad == 100.0).all()) for p in off.parameters())
+
+
+# --- the training step computes the gradients of wsi_ats.core -----------------------------------
+
+
+def _reference_gradients(
+    model: torch.nn.Module,
+    store: SlideStore,
+    slides: list,
+    state: torch.Tensor,
+    n: int,
+    explore: float,
+    baseline: torch.Tensor | None,
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """The step's loss rebuilt from ``wsi_ats.core`` (same generator state, same draws), its
+    gradients and the drawn indices."""
+    import torch.nn.functional as F
+
+    from wsi_ats.core import (
+        appearance_strata,
+        attention_distillation_loss,
+        cell_descriptors,
+        draw,
+        estimate,
+        evidence_likelihood_loss,
+        instance_evidence,
+        mask_to_map,
+        multinomial_entropy,
+        stratified_proposal,
+        topk_instance_loss,
+    )
+    from wsi_ats.stages import cells_to_locations, read_tiles
+
+    cfg = model.config
+    tc = cfg.train
+    gen = torch.Generator()
+    gen.set_state(state)
+    draws = []
+    for s in slides:  # every slide is drawn first, with the weights of the step
+        view = store.view(s)
+        x = torch.from_numpy(view.image).permute(2, 0, 1)[None].float() / 255
+        m = torch.from_numpy(view.mask)[None]
+        with torch.no_grad():
+            att = model.attention(x, m).reshape(1, -1)
+        map_size = tuple(model.attention(x, m).shape[1:])
+        support = mask_to_map(m, map_size).reshape(1, -1)
+        ids = appearance_strata(cell_descriptors(x, map_size), support, tc.explore_strata,
+                                seed=tc.seed)  # fmt: skip
+        e = stratified_proposal(ids, tc.explore_rarity)
+        replace = int((att > 0).sum()) < n
+        drawn = draw(att, n, replace, gen, explore, exploration=e)
+        draws.append((view, x, m, map_size, support, e, drawn))
+    model.zero_grad(set_to_none=True)
+    total = 0.0
+    running = baseline
+    for s, (view, x, m, map_size, support, e, drawn) in zip(slides, draws, strict=True):
+        logits = model.attention_logits(x, m).reshape(1, -1)
+        att = torch.softmax(logits, dim=1)
+        locs = cells_to_locations(drawn.indices, map_size, view, cfg)[0]
+        size = (cfg.slide.patch_size, cfg.slide.patch_size)
+        tiles = read_tiles(store.handle(view.path), locs, view.read_level, size)
+        feats = model.features(torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255)
+        cv = "loo" if tc.control_variate == "loo" else "none"
+        use_baseline = running if tc.control_variate != "none" else None
+        pooled = estimate(att, drawn, feats[None], cv, use_baseline)
+        y = torch.tensor([float(s.label)])
+        loss = F.binary_cross_entropy_with_logits(model.classify(pooled), y)
+        loss = loss - tc.entropy_coef * multinomial_entropy(att).mean()
+        inst_logits = model.instance_head(feats)[..., 0][None]
+        loss = loss + tc.instance_coef * topk_instance_loss(inst_logits, y, tc.instance_topk)
+        evidence = instance_evidence(inst_logits)
+        if tc.distill == "odds":
+            weights = e.gather(1, drawn.indices) / drawn.proposal
+            dist = attention_distillation_loss(logits.gather(1, drawn.indices), evidence, weights)
+        else:
+            log_att = torch.log_softmax(logits, dim=1).gather(1, drawn.indices)
+            weights = 1.0 / (support.sum() * drawn.proposal)
+            dist = evidence_likelihood_loss(log_att, evidence, weights)
+        total = total + (loss + tc.distill_coef * dist) / len(slides)
+        if running is not None:  # the running mean moves on after each slide
+            running = 0.9 * running + 0.1 * pooled.detach().reshape(-1)
+    total.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    return grads, [d[-1].indices for d in draws]
+
+
+@pytest.mark.parametrize(
+    ("distill", "topk", "control_variate", "clip"),
+    [
+        ("distribution", 0, "loo", False),
+        ("odds", 1, "mean", False),
+        ("distribution", 2, "none", True),
+    ],
+)
+def test_train_step_gradients_equal_those_of_core(
+    cohort: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    distill: str,
+    topk: int,
+    control_variate: str,
+    clip: bool,
+) -> None:
+    """``train_step`` on two slides, the optimiser held still (SGD with lr 0), against the loss
+    rebuilt by hand from ``wsi_ats.core`` on the same draws: every parameter's gradient matches."""
+    import wsi_ats.training.step as step
+    from wsi_ats.models import build_model
+
+    torch.set_num_threads(1)
+    cfg = CFG.replace(
+        train={
+            "distill": distill, "instance_topk": topk, "control_variate": control_variate,
+            "instance_coef": 0.7, "distill_coef": 1.3, "entropy_coef": 0.05,
+            "grad_clip": 0.05 if clip else 0.0, "attention_grad_clip": 0.01 if clip else 0.0,
+            "explore_strata": 4, "explore_rarity": 1.0,
+        }
+    )  # fmt: skip
+    model = build_model(cfg, seed=0)
+    with torch.no_grad():  # tiles above the prior odds: some evidence for the distillation
+        model.instance_head.bias.fill_(0.5)
+    slides = [s for s in read_cohort(cohort) if s.slide_id in ("s0", "s1")]
+    assert sorted(s.label for s in slides) == [0, 1]
+    plans: list = []
+
+    def recording_plan_batch(*args: object, **kwargs: object) -> list:
+        plans.extend(step.plan_batch.__wrapped__(*args, **kwargs))
+        return plans
+
+    recording_plan_batch.__wrapped__ = step.plan_batch  # type: ignore[attr-defined]
+    monkeypatch.setattr(step, "plan_batch", recording_plan_batch)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    running = step.RunningMean()
+    running.value = 0.1 * torch.randn(cfg.features.dim, generator=torch.Generator().manual_seed(1))
+    baseline = running.value.clone()
+    gen = torch.Generator().manual_seed(123)
+    state = gen.get_state()
+    settings = step.StepSettings(n_patches=8, explore=0.5)
+    with SlideStore(cfg, 2) as store:
+        stats = step.train_step(model, optimizer, store, slides, gen, settings, running)
+        assert stats.instance_loss > 0 and stats.distill_loss != 0  # every term is in play
+        got = {name: p.grad.clone() for name, p in model.named_parameters()}
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, weights[key])  # nothing moved: same weights for the reference
+        expected, indices = _reference_gradients(
+            model, store, slides, state, 8, 0.5, None if control_variate == "none" else baseline
+        )
+    if clip:  # the step clips each group; clip the reference the same way
+        for name, p in model.named_parameters():
+            p.grad = expected[name].clone()
+        step.clip_gradients(model)
+        expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    for plan, idx in zip(plans, indices, strict=True):
+        assert torch.equal(plan.drawn.indices, idx)
+    assert set(got) == set(expected)
+    for name in got:
+        assert float(got[name].abs().max()) > 0, f"{name}: no gradient"
+        torch.testing.assert_close(got[name], expected[name], msg=lambda m, n=name: f"{n}: {m}")
