@@ -20,12 +20,12 @@ REPO_PIPELINE = Path(__file__).resolve().parents[2] / "pipelines" / "demo.toml"
 # the same values as pipelines/demo.toml, for installs without the repository's pipelines/ folder
 DEMO_PIPELINE = {
     "slide": {"lowres_size": 512, "read_level": 0, "patch_size": 64},
-    "attention": {"width": 16, "depth": 3, "map_stride": 2, "prior": 16.0},
-    "features": {"backbone": "compact", "width": 16, "dim": 32, "normalize": False},
-    "sampling": {"n_patches": 64, "replace": False, "receptive_field": 0},
+    "attention": {"width": 16, "depth": 3, "map_stride": 8, "prior": 0.0},
+    "features": {"backbone": "compact", "width": 16, "dim": 32, "normalize": True},
+    "sampling": {"n_patches": 32, "replace": False, "receptive_field": 0},
     "head": {"hidden": 0, "dropout": 0.0},
     "train": {
-        "epochs": 12, "batch_size": 4, "lr": 0.003, "weight_decay": 0.0, "entropy_coef": 0.0001,
+        "epochs": 14, "batch_size": 2, "lr": 0.001, "weight_decay": 0.0, "entropy_coef": 0.0001,
         "grad_clip": 1.0, "seed": 0, "read_workers": 4, "val_fraction": 0.2, "val_draws": 2,
     },
     "predict": {"n_draws": 8, "seed": 0, "tile_batch_size": 128, "threshold": 0.5},
@@ -65,7 +65,7 @@ def demo_config():  # noqa: ANN201 - PipelineConfig, imported lazily
 
 def demo(
     out_dir: str | Path = DEFAULT_OUT,
-    n_slides: int = 60,
+    n_slides: int = 120,
     size: int = 4096,
     seed: int = 0,
     spot_fraction: float = 0.03,
@@ -187,7 +187,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)"
     )
-    p.add_argument("--slides", type=int, default=60, help="cohort size (default: %(default)s)")
+    p.add_argument("--slides", type=int, default=120, help="cohort size (default: %(default)s)")
     p.add_argument("--size", type=int, default=4096, help="slide side, px (default: %(default)s)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the pipeline's)")
     p.add_argument("--pipeline", type=Path, help="pipeline TOML (default: pipelines/demo.toml)")

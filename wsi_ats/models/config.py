@@ -295,7 +295,7 @@ def _validate(cfg: PipelineConfig) -> None:
         (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (cfg.train.entropy_coef >= 0, "train.entropy_coef must be >= 0"),
         (cfg.train.grad_clip >= 0, "train.grad_clip must be >= 0"),
-        (cfg.train.attention_lr > 0, "train.attention_lr must be > 0"),
+        (cfg.train.attention_lr >= 0, "train.attention_lr must be >= 0 (0 = attention frozen)"),
         (cfg.train.attention_grad_clip >= 0, "train.attention_grad_clip must be >= 0"),
         (
             cfg.train.control_variate in CONTROL_VARIATES,
