@@ -22,6 +22,19 @@ Models (as in the paper's ``scripts/mnist.py``):
   2.301, train error 0.90 after 3 epochs). Untrained, prior 12 puts 8.8% of the sampled patches
   on digits (``digit_patch_share`` on 100 test canvases); the networks still learn everything else
   end to end. Both variants are trained and reported, with the share of patches on digits.
+- attention sampling + remedies, no prior (``--remedies``; trains only this model and writes
+  ``results/megapixel_mnist_remedies.txt``): the paper's networks and inference (no prior), trained
+  with the package's remedies through ``wsi_ats.core`` (see ``RemediesTrainer``): exploration from
+  appearance strata of the low-res cells (``appearance_strata``/``stratified_proposal``, strata
+  fitted on 100 training canvases; each 180 x 180 map cell is one low-res pixel, so its descriptor
+  is that pixel's intensity), importance-weighted ``draw``/``estimate`` with the leave-one-out
+  control variate, ``topk_instance_loss`` with ``k = 0`` (each sampled patch's 10-class logits
+  ``head(f_i)`` against the canvas label), ``evidence_likelihood_loss`` (the attention softmax
+  fitted to ``instance_evidence`` of the canvas label's class, weights ``1 / (K q)``), N annealed
+  from ``--n-start``, exploration decaying to 0, separate Adam groups (attention, features, head)
+  with the attention clipped on its own. Budgets count ``--clock`` time; the per-epoch evaluation
+  on ``--epoch-eval`` test canvases is not counted. ``--dev`` evaluates on new canvases of the
+  training digit pool instead (for tuning; written to the cache).
 - "CNN full-res" (cost only, untrained): the baseline's architecture on the 1500 x 1500 canvas,
   to show what processing the full image costs here; its error is not measured.
 
@@ -50,6 +63,8 @@ Usage (from the repository root, after ``pip install -e '.[bench]'``)::
     python benchmarks/megapixel_mnist.py --quick          # smoke run, about a minute
     python benchmarks/megapixel_mnist.py                  # the benchmark (about 80 minutes)
     python benchmarks/megapixel_mnist.py --eval-only      # re-evaluate the models it saved
+    python benchmarks/megapixel_mnist.py --remedies --threads 1 --lr 3e-3 --head-lr 1e-2 \
+        --rarity 2 --attention-lr 1e-3 --anneal-epochs 1   # remedies, no prior (30 min budget)
 """
 
 from __future__ import annotations
@@ -79,7 +94,22 @@ from mnist_data import (  # noqa: E402
     split_digit_pools,
 )
 
-from wsi_ats.core import AttentionSampling, attention_sampling, cell_offsets, sample  # noqa: E402
+from wsi_ats.core import (  # noqa: E402
+    AttentionSampling,
+    appearance_strata,
+    attention_sampling,
+    cell_descriptors,
+    cell_offsets,
+    draw,
+    estimate,
+    evidence_likelihood_loss,
+    fit_appearance_strata,
+    instance_evidence,
+    multinomial_entropy,
+    sample,
+    stratified_proposal,
+    topk_instance_loss,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -207,13 +237,17 @@ class Data:
     test: MegapixelMNIST
 
 
-def make_data(n_train: int, n_test: int, seed: int) -> Data:
-    """Train canvases from 4000 digits, test canvases from the other 1000 (seeds differ)."""
+def make_data(n_train: int, n_test: int, seed: int, dev: bool = False) -> Data:
+    """Train canvases from 4000 digits, test canvases from the other 1000 (seeds differ).
+
+    ``dev``: the "test" canvases are instead new canvases of the *training* digit pool (canvas seed
+    ``2 * seed + 10000``), a development set for tuning that never touches the test canvases."""
     images, labels = load_mnist_sample()
     train_idx, test_idx = split_digit_pools(labels, test_fraction=0.2, seed=seed)
     train = MegapixelMNIST(images[train_idx], labels[train_idx], n_train, seed=2 * seed)
+    pool, canvas_seed = (train_idx, 2 * seed + 10000) if dev else (test_idx, 2 * seed + 1)
     test = MegapixelMNIST(
-        images[test_idx], labels[test_idx], n_test, seed=2 * seed + 1, noise_patterns=train.noise
+        images[pool], labels[pool], n_test, seed=canvas_seed, noise_patterns=train.noise
     )
     return Data(train, test)
 
@@ -303,6 +337,245 @@ def train(
     )
 
 
+# ----------------------------------------------------------------------------- remedies
+
+
+@dataclass
+class Remedies:
+    """Training recipe of the "remedies, no prior" model (the ``[train]`` defaults of
+    ``pipelines/default.toml`` where they apply; schedules shortened to the epochs that fit)."""
+
+    explore: float = 0.9  # share of the draws from the exploration measure at epoch 1
+    explore_epochs: float = 3.0  # explore falls linearly to 0 over this many epochs
+    strata: int = 16  # appearance strata of the low-res cells (k-means, fitted on train canvases)
+    rarity: float = 1.0  # exploration mass per cell ~ count(stratum) ** -rarity
+    n_start: int = 20  # patches per canvas at epoch 1, annealed geometrically to n_patches
+    anneal_epochs: float = 2.0
+    instance_coef: float = 1.0  # per-patch 10-class cross-entropy of head(f_i) vs the canvas label
+    distill_coef: float = 1.0  # attention softmax fitted to the sampled patches' evidence
+    lr: float = 1e-3  # Adam group of the feature network (the paper's 1e-3)
+    head_lr: float = 1e-3  # Adam group of the linear head (L2-normalised features bound the
+    # logits by the head's norm, which grows slowly at 1e-3)
+    attention_lr: float = 3e-4  # Adam group of the attention network
+    attention_clip: float = 1.0  # its own gradient-norm clip
+    control_variate: str = "loo"
+    entropy: float = 1e-4  # the paper's entropy regulariser, kept
+
+
+def epoch_schedule(r: Remedies, n_patches: int, epoch: int) -> tuple[int, float]:
+    """``(N, explore)`` of training epoch ``epoch`` (1-based), as ``training.loop.epoch_settings``:
+    ``N`` geometric from ``n_start`` to ``n_patches`` over ``anneal_epochs``, ``explore`` linear
+    from ``explore`` to 0 over ``explore_epochs``."""
+    n = n_patches
+    if r.n_start > 0 and r.anneal_epochs > 0:
+        t = min(max(epoch - 1, 0) / r.anneal_epochs, 1.0)
+        n = max(1, round(r.n_start * (n_patches / r.n_start) ** t))
+    explore = r.explore
+    if r.explore_epochs > 0:
+        explore *= max(0.0, 1.0 - max(epoch - 1, 0) / r.explore_epochs)
+    return n, explore
+
+
+def fit_canvas_strata(dataset: MegapixelMNIST, n_canvases: int, r: Remedies, seed: int):
+    """Appearance strata of the attention cells, fitted on the low-res views of the first
+    ``n_canvases`` training canvases (``wsi_ats.core.fit_appearance_strata``). Each cell of the
+    180 x 180 map is one low-res pixel, so its descriptor is that pixel's intensity (spread 0)."""
+    views, _, _ = dataset.batch(range(min(n_canvases, len(dataset))))
+    desc = cell_descriptors(views, tuple(views.shape[-2:]))
+    return fit_appearance_strata(desc.reshape(-1, desc.shape[-1]), r.strata, seed=seed)
+
+
+class RemediesTrainer:
+    """One optimiser step of attention sampling with the package's remedies, through
+    ``wsi_ats.core`` (the MNIST analogue of ``wsi_ats.training.step.train_step``):
+
+    * cells are drawn (``draw``) from ``(1 - explore) a + explore e``, ``e`` the appearance-
+      stratified exploration measure (``appearance_strata`` + ``stratified_proposal``), and the
+      pooled features are the importance-weighted unbiased ``estimate`` (leave-one-out control
+      variate; a running mean of pooled features where no other draw is left);
+    * loss = CE(head(estimate), label) - entropy x H(a)
+      + ``instance_coef`` x ``topk_instance_loss`` with ``k = 0``: every sampled patch's 10-class
+      logits ``head(f_i)`` against the canvas label;
+      + ``distill_coef`` x ``evidence_likelihood_loss``: ``log_softmax`` of the attention logits
+      over all cells, at the drawn cells, fitted to ``instance_evidence(head(f_i), label)`` (the
+      multi-class form: the patch's odds for the canvas label over the prior 1/10), weights
+      ``1 / (K q)`` (uniform measure over the K cells);
+    * Adam with the attention network in its own group (``attention_lr``, own clip).
+    """
+
+    def __init__(self, model: MegapixelATS, r: Remedies, strata, clip: float = 1.0):
+        self.model, self.r, self.strata, self.clip = model, r, strata, clip
+        att = list(model.ats.attention_net.parameters())
+        feat = list(model.ats.feature_net.parameters())
+        head = list(model.head.parameters())
+        self.groups = (att, feat + head)
+        self.opt = torch.optim.Adam(
+            [
+                {"params": att, "lr": r.attention_lr},
+                {"params": feat, "lr": r.lr},
+                {"params": head, "lr": r.head_lr},
+            ]
+        )
+        self.baseline: Tensor | None = None  # running mean of pooled features (no gradient)
+
+    def exploration(self, x_low: Tensor, grid: tuple[int, int]) -> Tensor:
+        """The stratified exploration measure ``[B, K]`` of a batch of views."""
+        desc = cell_descriptors(x_low, grid)
+        support = torch.ones(desc.shape[:2], dtype=torch.bool)
+        ids = appearance_strata(desc, support, strata=self.strata)
+        return stratified_proposal(ids, self.r.rarity)
+
+    def step(
+        self,
+        x_low: Tensor,
+        y: Tensor,
+        source: CanvasPatchSource,
+        n: int,
+        explore: float,
+        gen: torch.Generator,
+    ) -> tuple[Tensor, dict]:
+        """One optimiser step; returns the canvas logits ``[B, 10]`` and the loss terms."""
+        model, r, ats = self.model, self.r, self.model.ats
+        b = x_low.shape[0]
+        logits_map = ats.attention_net(x_low)  # [B, 1, mh, mw]
+        grid = tuple(logits_map.shape[-2:])
+        flat = logits_map.reshape(b, -1)
+        att = torch.softmax(flat, dim=1)
+        e = self.exploration(x_low, grid) if explore > 0 else None
+        drawn = draw(att, n, ats.replace, gen, explore, exploration=e)
+        with torch.no_grad():
+            size = torch.tensor([source.high_size(i) for i in range(b)])
+            offsets = cell_offsets(
+                drawn.indices, grid, tuple(x_low.shape[-2:]), size, ats.patch_size
+            )
+            patches = torch.stack(
+                [source.read_patches(i, offsets[i], ats.patch_size) for i in range(b)]
+            )
+        feats = ats.feature_net(patches.reshape(b * n, *patches.shape[2:])).reshape(b, n, -1)
+        pooled = estimate(att, drawn, feats, r.control_variate, self.baseline)
+        logits = model.head(pooled)
+        ce = F.cross_entropy(logits, y)
+        loss = ce - r.entropy * multinomial_entropy(att).mean()
+        inst_logits = model.head(feats)  # [B, N, 10]
+        inst = topk_instance_loss(inst_logits, y, k=0)
+        evidence = instance_evidence(inst_logits, y)  # [B, N], no gradient
+        log_att = torch.log_softmax(flat, dim=1).gather(1, drawn.indices)
+        weights = 1.0 / (flat.shape[1] * drawn.proposal)
+        dist = evidence_likelihood_loss(log_att, evidence, weights)
+        loss = loss + r.instance_coef * inst + r.distill_coef * dist
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for params, limit in zip(self.groups, (r.attention_clip, self.clip), strict=True):
+            if limit > 0:
+                torch.nn.utils.clip_grad_norm_(params, limit)
+        self.opt.step()
+        mean = pooled.detach().mean(0)
+        self.baseline = mean if self.baseline is None else 0.9 * self.baseline + 0.1 * mean
+        return logits.detach(), {
+            "loss": float(loss.detach()),
+            "ce": float(ce.detach()),
+            "instance": float(inst.detach()),
+            "distill": float(dist.detach()),
+            "evidence": float(evidence.mean()),
+        }
+
+
+def train_remedies(
+    model: MegapixelATS,
+    data: Data,
+    r: Remedies,
+    batch_size: int,
+    max_epochs: int,
+    budget_s: float,
+    seed: int,
+    clock,
+    on_epoch=None,
+    log_every: int = 0,
+) -> TrainLog:
+    """Train with :class:`RemediesTrainer` until ``max_epochs`` or ``budget_s`` of ``clock()``
+    (the time ``on_epoch(epoch)`` spends evaluating is not counted); ``on_epoch`` may return a
+    dict that is added to the epoch's history row."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    n_total = len(data.train)
+    start = clock()
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
+    strata = fit_canvas_strata(data.train, 100, r, seed)
+    trainer = RemediesTrainer(model, r, strata)
+    steps, seen, history, paused = 0, 0, [], 0.0
+    model.train()
+    out_of_time = False
+    n_patches = model.ats.n_patches
+    for epoch in range(1, max_epochs + 1):
+        n, explore = epoch_schedule(r, n_patches, epoch)
+        perm = rng.permutation(n_total)
+        terms: dict[str, list[float]] = {}
+        correct = count = 0
+        for b0 in range(0, n_total, batch_size):
+            x_low, y, specs = data.train.batch(perm[b0 : b0 + batch_size])
+            logits, stats = trainer.step(
+                x_low, y, CanvasPatchSource(data.train, specs), n, explore, gen
+            )
+            for k, v in stats.items():
+                terms.setdefault(k, []).append(v)
+            steps += 1
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            count += len(y)
+            if log_every and steps % log_every == 0:
+                recent = {k: np.mean(v[-log_every:]) for k, v in terms.items()}
+                print(
+                    f"    step {steps}: "
+                    + " ".join(f"{k} {v:.4f}" for k, v in recent.items())
+                    + f" ({clock() - start - paused:.0f} s)",
+                    flush=True,
+                )
+            if clock() - start - paused > budget_s:
+                out_of_time = True
+                break
+        elapsed = clock() - start - paused
+        row = {
+            "epoch": epoch,
+            "samples": seen,
+            "n_patches": n,
+            "explore": round(explore, 3),
+            "train_loss": float(np.mean(terms["loss"])),
+            "train_ce": float(np.mean(terms["ce"])),
+            "instance_loss": float(np.mean(terms["instance"])),
+            "distill_loss": float(np.mean(terms["distill"])),
+            "train_error": 1 - correct / max(count, 1),
+            "seconds": round(elapsed, 1),
+        }
+        if on_epoch is not None:
+            t0 = clock()
+            row.update(on_epoch(epoch) or {})
+            paused += clock() - t0
+            model.train()
+        row["wall_seconds"] = round(time.perf_counter() - t_wall, 1)
+        row["cpu_seconds"] = round(time.process_time() - t_cpu, 1)  # this process, evals included
+        history.append(row)
+        print(
+            f"  [remedies] epoch {epoch}: N {n} explore {explore:.2f} ce {row['train_ce']:.4f} "
+            f"instance {row['instance_loss']:.4f} distill {row['distill_loss']:.4f} "
+            f"train error {row['train_error']:.3f}"
+            + (f" test error {row['test_error']:.3f}" if "test_error" in row else "")
+            + (f" on digits {row['on_digits']:.3f}" if "on_digits" in row else "")
+            + f" ({seen} samples, {elapsed:.0f} s training, {row['wall_seconds']:.0f} s wall)",
+            flush=True,
+        )
+        if out_of_time:
+            break
+    return TrainLog(
+        method="remedies",
+        epochs=seen / n_total,
+        steps=steps,
+        seconds=clock() - start - paused,
+        final_train_loss=history[-1]["train_ce"],
+        history=history,
+    )
+
+
 @torch.no_grad()
 def test_error(
     method: str,
@@ -311,21 +584,24 @@ def test_error(
     n_patches: int | None = None,
     batch_size: int = 50,
     seed: int = 1234,
+    limit: int | None = None,
 ) -> float:
-    """Error on the test canvases (attention sampling: one draw of ``n_patches`` per canvas)."""
+    """Error on the test canvases (attention sampling: one draw of ``n_patches`` per canvas);
+    ``limit``: only the first ``limit`` test canvases."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     if method == "ats" and n_patches is not None:
         model.ats.n_patches = n_patches
     wrong = 0
-    for b0 in range(0, len(data.test), batch_size):
-        x_low, y, specs = data.test.batch(range(b0, min(b0 + batch_size, len(data.test))))
+    total = len(data.test) if limit is None else min(limit, len(data.test))
+    for b0 in range(0, total, batch_size):
+        x_low, y, specs = data.test.batch(range(b0, min(b0 + batch_size, total)))
         if method == "ats":
             logits, _ = model(x_low, CanvasPatchSource(data.test, specs), generator=gen)
         else:
             logits = model(x_low)
         wrong += int((logits.argmax(1) != y).sum())
-    return wrong / len(data.test)
+    return wrong / total
 
 
 def _on_digit(offsets: Tensor, spec: CanvasSpec, patch: int) -> np.ndarray:
@@ -337,18 +613,25 @@ def _on_digit(offsets: Tensor, spec: CanvasSpec, patch: int) -> np.ndarray:
 
 @torch.no_grad()
 def digit_patch_share(
-    model: MegapixelATS, data: Data, n_patches: int = 10, batch_size: int = 50, seed: int = 1234
+    model: MegapixelATS,
+    data: Data,
+    n_patches: int = 10,
+    batch_size: int = 50,
+    seed: int = 1234,
+    limit: int | None = None,
 ) -> tuple[float, float]:
     """Share of the sampled patches that overlap one of the 5 digits on the test canvases, and the
-    same share if every attention cell were equally likely (what the paper settings start from)."""
+    same share if every attention cell were equally likely (what the paper settings start from);
+    ``limit``: only the first ``limit`` test canvases."""
     model.eval()
     ats, patch = model.ats, model.ats.patch_size
     gen = torch.Generator().manual_seed(seed)
     size = (data.test.canvas_size, data.test.canvas_size)
     hits = cells_hit = n_sampled = n_cells = 0
     all_offsets: Tensor | None = None  # every cell's patch: the same grid for all canvases
-    for b0 in range(0, len(data.test), batch_size):
-        x_low, _, specs = data.test.batch(range(b0, min(b0 + batch_size, len(data.test))))
+    total = len(data.test) if limit is None else min(limit, len(data.test))
+    for b0 in range(0, total, batch_size):
+        x_low, _, specs = data.test.batch(range(b0, min(b0 + batch_size, total)))
         attention = ats.compute_attention(x_low)
         grid, low = tuple(attention.shape[1:]), tuple(x_low.shape[-2:])
         indices, _ = sample(attention, n_patches, ats.replace, gen)
@@ -508,11 +791,53 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "megapixel_mnist.txt")
     p.add_argument("--plot", type=Path, default=RESULTS / "megapixel_mnist_error_vs_patches.png")
     p.add_argument("--measure", choices=["ats", "cnn", "cnn-full"], help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="what the training budgets count: wall-clock time or this process's CPU time",
+    )
+    g = p.add_argument_group(
+        "attention sampling + remedies, no prior (--remedies: trains only this model)"
+    )
+    g.add_argument("--remedies", action="store_true")
+    g.add_argument("--remedies-budget-min", type=float, default=30.0)
+    g.add_argument(
+        "--epoch-eval", type=int, default=500, help="test canvases evaluated after each epoch"
+    )
+    g.add_argument(
+        "--dev",
+        action="store_true",
+        help="evaluate on new canvases of the training digit pool (tuning), not the test canvases",
+    )
+    g.add_argument("--log-every", type=int, default=0, help="print the loss terms every k steps")
+    defaults = Remedies()
+    for field in (
+        "explore",
+        "explore_epochs",
+        "strata",
+        "rarity",
+        "n_start",
+        "anneal_epochs",
+        "instance_coef",
+        "distill_coef",
+        "lr",
+        "head_lr",
+        "attention_lr",
+        "entropy",
+    ):
+        value = getattr(defaults, field)
+        g.add_argument("--" + field.replace("_", "-"), type=type(value), default=value)
     args = p.parse_args(argv)
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.measure:  # child process of measure_in_subprocess
         print(json.dumps(measure_cost(args.measure, args.batch_size)))
         return 0
+    if args.remedies:
+        return main_remedies(args)
     if args.quick:
         args.n_train, args.n_test, args.max_epochs = 96, 64, 1
         args.ats_budget_min = args.cnn_budget_min = args.paper_budget_min = 0.3
@@ -578,6 +903,123 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(text)
     plot_error_vs_patches(curve, errors["cnn"], errors["paper"], args.prior, args.plot)
     print(f"wrote {args.out} and {args.plot}")
+    return 0
+
+
+def main_remedies(args) -> int:
+    """Train and evaluate only the "attention sampling + remedies, no prior" model."""
+    r = Remedies(
+        **{
+            f: getattr(args, f)
+            for f in (
+                "explore",
+                "explore_epochs",
+                "strata",
+                "rarity",
+                "n_start",
+                "anneal_epochs",
+                "instance_coef",
+                "distill_coef",
+                "lr",
+                "head_lr",
+                "attention_lr",
+                "entropy",
+            )
+        }
+    )
+    out_default = RESULTS / "megapixel_mnist.txt"
+    if args.quick:
+        args.n_train, args.n_test, args.max_epochs = 96, 64, 2
+        args.remedies_budget_min, args.epoch_eval = 0.5, 64
+        args.eval_patches = "2,10"
+        args.out = CACHE / "megapixel_mnist_remedies_quick.txt"
+    elif args.out == out_default:
+        args.out = RESULTS / "megapixel_mnist_remedies.txt"
+    if args.dev and args.out.parent == RESULTS:
+        args.out = CACHE / ("dev_" + args.out.name)  # tuning runs stay out of the results
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(f"remedies: {json.dumps(asdict(r))}", flush=True)
+    data = make_data(args.n_train, args.n_test, args.seed, dev=args.dev)
+    torch.manual_seed(args.seed)
+    model = MegapixelATS()  # the paper's architecture, no prior
+    limit = args.epoch_eval
+
+    def on_epoch(epoch: int) -> dict:
+        if limit <= 0:
+            return {}
+        err = test_error("ats", model, data, n_patches=10, limit=limit)
+        share, _ = digit_patch_share(model, data, limit=limit)
+        return {"test_error": err, "on_digits": share}
+
+    print("training remedies ...", flush=True)
+    log = train_remedies(
+        model,
+        data,
+        r,
+        args.batch_size,
+        args.max_epochs,
+        60 * args.remedies_budget_min,
+        args.seed,
+        clock,
+        on_epoch,
+        args.log_every,
+    )
+    print("evaluating ...", flush=True)
+    eval_ns = [int(v) for v in args.eval_patches.split(",")]
+    curve = {n: test_error("ats", model, data, n_patches=n) for n in eval_ns}
+    error = curve[10] if 10 in curve else test_error("ats", model, data, n_patches=10)
+    share, uniform = digit_patch_share(model, data)
+    what = "DEV canvases (training digit pool, new canvases)" if args.dev else "test canvases"
+    cmd = " ".join(["python benchmarks/megapixel_mnist.py", *sys.argv[1:]])
+    per_epoch = [
+        f"  epoch {h['epoch']:>2}: N {h['n_patches']:>2}, explore {h['explore']:.2f}, "
+        f"train CE {h['train_ce']:.3f}, train error {100 * h['train_error']:.1f}%"
+        + (
+            f", {what.split(' (')[0]} error {100 * h['test_error']:.1f}% "
+            f"(first {min(limit, len(data.test))}), on digits {100 * h['on_digits']:.1f}%"
+            if "test_error" in h
+            else ""
+        )
+        + f", {h['seconds'] / 60:.1f} min training ({args.clock}), {h['wall_seconds'] / 60:.1f} min wall"
+        + f" and {h['cpu_seconds'] / 60:.1f} min CPU incl. evaluations"
+        for h in log.history
+    ]
+    lines = [
+        "Megapixel MNIST: attention sampling + remedies, no prior (2-core CPU shared with other work)",
+        f"command: {cmd}",
+        f"machine load (1-min load average): {load_start[0]:.1f} at start, "
+        f"{os.getloadavg()[0]:.1f} at the end; torch threads {torch.get_num_threads()}",
+        "",
+        "Model: the paper's architecture (attention net on the 180 x 180 view, feature net on 50 x 50",
+        "patches, 10 patches without replacement, linear head), no prior; trained through wsi_ats.core",
+        "(draw, estimate, topk_instance_loss k=0 on the per-patch 10-class logits, instance_evidence",
+        "for the canvas label's class, evidence_likelihood_loss, appearance_strata/stratified_proposal).",
+        f"Recipe: {json.dumps(asdict(r))}",
+        f"  train / eval canvases {len(data.train)} / {len(data.test)} ({what}); batch {args.batch_size};"
+        f" Adam {r.lr:g} (features), {r.head_lr:g} (head), {r.attention_lr:g} (attention)",
+        f"  budget {args.remedies_budget_min} min of {args.clock} time (evaluation after each epoch"
+        " not counted): "
+        f"{log.epochs:.2f} epochs, {log.steps} steps, {log.seconds / 60:.1f} min",
+        "",
+        "Per epoch (eval at N=10, one draw per canvas, no exploration):",
+        *per_epoch,
+        "",
+        f"Final, all {len(data.test)} {what}, N=10: error {100 * error:.1f}%, "
+        f"share of sampled patches on digits {100 * share:.1f}% (uniform over cells: {100 * uniform:.1f}%)",
+        "Error vs patches sampled at test time: "
+        + "  ".join(f"N={n}: {100 * e:.1f}%" for n, e in sorted(curve.items())),
+        "(inference time and memory per canvas are those of the attention-sampling rows of",
+        "megapixel_mnist.txt: same networks, same N)",
+        "Training history: " + json.dumps(log.history, separators=(",", ":")),
+    ]
+    text = "\n".join(lines) + f"\n(total wall time {time.perf_counter() - t_start:.0f} s)\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
     return 0
 
 
