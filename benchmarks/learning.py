@@ -105,19 +105,19 @@ MAIN_ROWS = {
     "4. plain attention sampling, no prior": PLAIN,
 }
 
-#: ablation: one remedy off at a time (and all of them: the plain method)
+#: ablation: one remedy off at a time (and all of them: the plain method); key -> (row, overrides)
 ABLATION_ROWS = {
-    "default (every remedy on)": {},
-    "- instance loss (instance_coef 0)": {"train": {"instance_coef": 0.0}},
-    "- attention distillation (distill_coef 0)": {"train": {"distill_coef": 0.0}},
-    '- distillation "odds" instead of "distribution"': {"train": {"distill": "odds"}},
-    "- exploration (explore 0)": {"train": {"explore": 0.0}},
-    "- appearance strata (uniform exploration)": {"train": {"explore_strata": 0}},
-    "- N annealing (n_patches_start 0)": {"train": {"n_patches_start": 0}},
-    '- control variate ("none")': {"train": {"control_variate": "none"}},
-    "- own attention lr (attention_lr = lr)": {"train": {"attention_lr": 1e-3}},
-    "- feature normalisation": {"features": {"normalize": False}},
-    "plain (every remedy off)": PLAIN,
+    "default": ("default (every remedy on)", {}),
+    "instance": ("- instance loss (instance_coef 0)", {"train": {"instance_coef": 0.0}}),
+    "distill": ("- attention distillation (distill_coef 0)", {"train": {"distill_coef": 0.0}}),
+    "odds": ('- distillation "odds", not "distribution"', {"train": {"distill": "odds"}}),
+    "explore": ("- exploration (explore 0)", {"train": {"explore": 0.0}}),
+    "strata": ("- appearance strata (uniform exploration)", {"train": {"explore_strata": 0}}),
+    "anneal": ("- N annealing (n_patches_start 0)", {"train": {"n_patches_start": 0}}),
+    "cv": ('- control variate ("none")', {"train": {"control_variate": "none"}}),
+    "lr": ("- own attention lr (attention_lr = lr)", {"train": {"attention_lr": 1e-3}}),
+    "normalize": ("- feature normalisation", {"features": {"normalize": False}}),
+    "plain": ("plain (every remedy off)", PLAIN),
 }
 
 
@@ -151,11 +151,12 @@ def trained(
     model: SlideClassifier | None = None,
 ) -> RunSummary:
     """Train into ``run_dir`` unless a finished run with the same config is there already."""
-    summary = run_dir / "summary.json"
     want = json.dumps(asdict(config or model.config), sort_keys=True)
-    spec = run_dir / "spec.json"
-    if summary.exists() and spec.exists() and spec.read_text() == want:
-        return RunSummary(**json.loads(summary.read_text()))
+    for done in [run_dir, *sorted(run_dir.parent.glob("*"))]:  # same spec: same run, reused
+        spec, summary = done / "spec.json", done / "summary.json"
+        if summary.exists() and spec.exists() and spec.read_text() == want:
+            return RunSummary(**json.loads(summary.read_text()))
+    summary = run_dir / "summary.json"
     t0 = time.perf_counter()
     result = train(manifest, config, run_dir, progress=False, model=model)
     out = RunSummary(
@@ -263,7 +264,9 @@ def preamble(
 ) -> list[str]:
     n = {k: len(v) for k, v in splits.items()}
     return [
-        f"# benchmarks/learning.py --variant {args.variant}{' --ablation' if args.ablation else ''}"
+        f"# benchmarks/learning.py --variant {args.variant}"
+        f"{f' --ablation --cohort {args.cohort}' if args.ablation else ''}"
+        f"{f' --epochs {args.epochs}' if args.epochs else ''}"
         f"  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         f"# cohort: {manifest.parent.name}: {sum(n.values())} synthetic slides of {SIZE} x {SIZE} px "
         f"(train {n['train']}, val {n['val']}, test {n['test']}), variant {args.variant}",
@@ -278,18 +281,41 @@ def preamble(
     ]
 
 
-def split(manifest: Path) -> dict[str, list[LabelledSlide]]:
+@dataclass
+class Setting:
+    """A cohort ready to score: its manifest, splits, lesion boxes, run folder, uniform share."""
+
+    manifest: Path
+    splits: dict[str, list[LabelledSlide]]
+    boxes: dict
+    runs: Path
+    base: float
+
+    @property
+    def test(self) -> list[LabelledSlide]:
+        return self.splits["test"]
+
+
+def setting(args: argparse.Namespace, config: PipelineConfig, which: str) -> Setting:
+    """The ``which`` ("score" or "dev") cohort of ``args.variant``, generated on first use."""
+    manifest = cohort(args.variant, which, args.workers)
     slides = read_cohort(manifest)
-    return {k: [s for s in slides if s.split == k] for k in ("train", "val", "test")}
+    splits = {k: [s for s in slides if s.split == k] for k in ("train", "val", "test")}
+    boxes = lesion_boxes(manifest.parent / "ground_truth.json")
+    runs = CACHE / "learning_runs" / manifest.parent.name
+    return Setting(manifest, splits, boxes, runs, uniform_share(splits["test"], config, boxes))
 
 
 def main_table(args: argparse.Namespace, config: PipelineConfig) -> list[str]:
-    manifest = cohort(args.variant, "score", args.workers)
-    splits = split(manifest)
-    test = splits["test"]
-    boxes = lesion_boxes(manifest.parent / "ground_truth.json")
-    runs = CACHE / "learning_runs" / manifest.parent.name
-    base = uniform_share(test, config, boxes)
+    st = setting(args, config, "score")
+    manifest, splits, test, boxes, runs, base = (
+        st.manifest,
+        st.splits,
+        st.test,
+        st.boxes,
+        st.runs,
+        st.base,
+    )
     lines = preamble(args, config, manifest, splits) + [HEADER]
     notes = []
     models, evals = {}, {}
@@ -363,15 +389,19 @@ def main_table(args: argparse.Namespace, config: PipelineConfig) -> list[str]:
 
 
 def ablation_table(args: argparse.Namespace, config: PipelineConfig) -> list[str]:
-    manifest = cohort(args.variant, "dev", args.workers)
-    splits = split(manifest)
-    test = splits["test"]
-    boxes = lesion_boxes(manifest.parent / "ground_truth.json")
-    runs = CACHE / "learning_runs" / manifest.parent.name
-    base = uniform_share(test, config, boxes)
+    st = setting(args, config, args.cohort)
+    manifest, splits, test, boxes, runs, base = (
+        st.manifest,
+        st.splits,
+        st.test,
+        st.boxes,
+        st.runs,
+        st.base,
+    )
     lines = preamble(args, config, manifest, splits)
     lines += [HEADER.replace("s/slide", "val AUC")]
-    for name, overrides in ABLATION_ROWS.items():
+    keys = args.rows or list(ABLATION_ROWS)
+    for name, overrides in (ABLATION_ROWS[k] for k in dict.fromkeys(["default", *keys, "plain"])):
         ev, run, _ = sampling_row(name, manifest, merge(config, overrides), runs, test, boxes)
         lines.append(row_line(name, ev, base, seconds=run.best_val_auc))
     lines += ["", f"uniform lesion share (exact): {100 * base:.3f}%"]
@@ -381,7 +411,16 @@ def ablation_table(args: argparse.Namespace, config: PipelineConfig) -> list[str
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--variant", choices=("standard", "distractors"), required=True)
-    ap.add_argument("--ablation", action="store_true", help="ablation on the development cohort")
+    ap.add_argument("--ablation", action="store_true", help="each remedy off, one at a time")
+    ap.add_argument(
+        "--rows", nargs="+", choices=list(ABLATION_ROWS),
+        help="ablation rows to run (default: all); the default and plain rows always run",
+    )  # fmt: skip
+    ap.add_argument(
+        "--cohort", choices=("dev", "score"), default="dev",
+        help="cohort of the ablation (default: the development cohort)",
+    )  # fmt: skip
+    ap.add_argument("--epochs", type=int, help="training epochs (default: the pipeline's 10)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--workers", type=int, default=2, help="processes writing a cohort")
     ap.add_argument(
@@ -393,12 +432,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = PipelineConfig.from_toml(PIPELINE)
+    if args.epochs:
+        config = config.replace(train={"epochs": args.epochs})
     t0 = time.perf_counter()
     lines = ablation_table(args, config) if args.ablation else main_table(args, config)
     lines.append(f"total wall time {time.perf_counter() - t0:.0f} s (cached runs are reused)")
     text = "\n".join(lines) + "\n"
     print(text)
-    kind = "learning_ablation" if args.ablation else "learning"
+    kind = f"learning_ablation_{args.cohort}" if args.ablation else "learning"
+    kind += f"_{args.epochs}epochs" if args.epochs else ""
     out = args.out or RESULTS / f"{kind}_{args.variant}.txt"
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text)
