@@ -110,6 +110,7 @@ from wsi_ats.core import (  # noqa: E402
     stratified_proposal,
     topk_instance_loss,
 )
+from wsi_ats.training.loop import exploration_schedule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -364,16 +365,10 @@ class Remedies:
 
 def epoch_schedule(r: Remedies, n_patches: int, epoch: int) -> tuple[int, float]:
     """``(N, explore)`` of training epoch ``epoch`` (1-based), as ``training.loop.epoch_settings``:
-    ``N`` geometric from ``n_start`` to ``n_patches`` over ``anneal_epochs``, ``explore`` linear
-    from ``explore`` to 0 over ``explore_epochs``."""
-    n = n_patches
-    if r.n_start > 0 and r.anneal_epochs > 0:
-        t = min(max(epoch - 1, 0) / r.anneal_epochs, 1.0)
-        n = max(1, round(r.n_start * (n_patches / r.n_start) ** t))
-    explore = r.explore
-    if r.explore_epochs > 0:
-        explore *= max(0.0, 1.0 - max(epoch - 1, 0) / r.explore_epochs)
-    return n, explore
+    the package's one schedule rule, :func:`wsi_ats.training.loop.exploration_schedule`."""
+    return exploration_schedule(
+        epoch, n_patches, r.n_start, r.anneal_epochs, r.explore, r.explore_epochs
+    )
 
 
 def fit_canvas_strata(dataset: MegapixelMNIST, n_canvases: int, r: Remedies, seed: int):

@@ -76,14 +76,32 @@ def epoch_settings(config: PipelineConfig, epoch: int) -> StepSettings:
     epoch ``1 + train.anneal_epochs`` (more tiles while the attention knows nothing yet); ``explore``
     falls linearly from ``train.explore`` to 0 over ``train.explore_epochs`` (constant when 0).
     """
-    tc, n = config.train, config.sampling.n_patches
-    if tc.n_patches_start > 0 and tc.anneal_epochs > 0:
-        t = min(max(epoch - 1, 0) / tc.anneal_epochs, 1.0)
-        n = max(1, round(tc.n_patches_start * (n / tc.n_patches_start) ** t))
-    explore = tc.explore
-    if tc.explore_epochs > 0:
-        explore *= max(0.0, 1.0 - max(epoch - 1, 0) / tc.explore_epochs)
+    tc = config.train
+    n, explore = exploration_schedule(
+        epoch, config.sampling.n_patches, tc.n_patches_start, tc.anneal_epochs, tc.explore,
+        tc.explore_epochs,
+    )  # fmt: skip
     return StepSettings(n, explore)
+
+
+def exploration_schedule(
+    epoch: int,
+    n_patches: int,
+    n_patches_start: int,
+    anneal_epochs: float,
+    explore: float,
+    explore_epochs: float,
+) -> tuple[int, float]:
+    """``(N, explore)`` of training epoch ``epoch`` (1-based): ``N`` geometric from
+    ``n_patches_start`` to ``n_patches`` over ``anneal_epochs`` (no anneal when either is 0), the
+    exploration share linear from ``explore`` to 0 over ``explore_epochs`` (constant when 0)."""
+    n = n_patches
+    if n_patches_start > 0 and anneal_epochs > 0:
+        t = min(max(epoch - 1, 0) / anneal_epochs, 1.0)
+        n = max(1, round(n_patches_start * (n_patches / n_patches_start) ** t))
+    if explore_epochs > 0:
+        explore *= max(0.0, 1.0 - max(epoch - 1, 0) / explore_epochs)
+    return n, explore
 
 
 def safe_auc(labels: list[int], probs: list[float]) -> float:
