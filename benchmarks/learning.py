@@ -295,6 +295,10 @@ class Setting:
     def test(self) -> list[LabelledSlide]:
         return self.splits["test"]
 
+    def unpack(self) -> tuple:
+        """``(manifest, splits, test, boxes, runs, base)``."""
+        return self.manifest, self.splits, self.test, self.boxes, self.runs, self.base
+
 
 def setting(args: argparse.Namespace, config: PipelineConfig, which: str) -> Setting:
     """The ``which`` ("score" or "dev") cohort of ``args.variant``, generated on first use."""
@@ -308,14 +312,7 @@ def setting(args: argparse.Namespace, config: PipelineConfig, which: str) -> Set
 
 def main_table(args: argparse.Namespace, config: PipelineConfig) -> list[str]:
     st = setting(args, config, "score")
-    manifest, splits, test, boxes, runs, base = (
-        st.manifest,
-        st.splits,
-        st.test,
-        st.boxes,
-        st.runs,
-        st.base,
-    )
+    manifest, splits, test, boxes, runs, base = st.unpack()
     lines = preamble(args, config, manifest, splits) + [HEADER]
     notes = []
     models, evals = {}, {}
@@ -390,14 +387,7 @@ def main_table(args: argparse.Namespace, config: PipelineConfig) -> list[str]:
 
 def ablation_table(args: argparse.Namespace, config: PipelineConfig) -> list[str]:
     st = setting(args, config, args.cohort)
-    manifest, splits, test, boxes, runs, base = (
-        st.manifest,
-        st.splits,
-        st.test,
-        st.boxes,
-        st.runs,
-        st.base,
-    )
+    manifest, splits, test, boxes, runs, base = st.unpack()
     lines = preamble(args, config, manifest, splits)
     lines += [HEADER.replace("s/slide", "val AUC")]
     keys = args.rows or list(ABLATION_ROWS)

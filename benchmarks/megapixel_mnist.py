@@ -363,6 +363,13 @@ class Remedies:
     entropy: float = 1e-4  # the paper's entropy regulariser, kept
 
 
+#: the Remedies fields that have a command-line flag of the same name
+REMEDY_FLAGS = (
+    "explore", "explore_epochs", "strata", "rarity", "n_start", "anneal_epochs",
+    "instance_coef", "distill_coef", "lr", "head_lr", "attention_lr", "entropy",
+)  # fmt: skip
+
+
 def epoch_schedule(r: Remedies, n_patches: int, epoch: int) -> tuple[int, float]:
     """``(N, explore)`` of training epoch ``epoch`` (1-based), as ``training.loop.epoch_settings``:
     the package's one schedule rule, :func:`wsi_ats.training.loop.exploration_schedule`."""
@@ -808,20 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     g.add_argument("--log-every", type=int, default=0, help="print the loss terms every k steps")
     defaults = Remedies()
-    for field in (
-        "explore",
-        "explore_epochs",
-        "strata",
-        "rarity",
-        "n_start",
-        "anneal_epochs",
-        "instance_coef",
-        "distill_coef",
-        "lr",
-        "head_lr",
-        "attention_lr",
-        "entropy",
-    ):
+    for field in REMEDY_FLAGS:
         value = getattr(defaults, field)
         g.add_argument("--" + field.replace("_", "-"), type=type(value), default=value)
     args = p.parse_args(argv)
@@ -903,25 +897,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_remedies(args) -> int:
     """Train and evaluate only the "attention sampling + remedies, no prior" model."""
-    r = Remedies(
-        **{
-            f: getattr(args, f)
-            for f in (
-                "explore",
-                "explore_epochs",
-                "strata",
-                "rarity",
-                "n_start",
-                "anneal_epochs",
-                "instance_coef",
-                "distill_coef",
-                "lr",
-                "head_lr",
-                "attention_lr",
-                "entropy",
-            )
-        }
-    )
+    r = Remedies(**{f: getattr(args, f) for f in REMEDY_FLAGS})
     out_default = RESULTS / "megapixel_mnist.txt"
     if args.quick:
         args.n_train, args.n_test, args.max_epochs = 96, 64, 2
