@@ -37,6 +37,7 @@ from wsi_ats.core import (
     stratified_proposal,
 )
 from wsi_ats.models import PipelineConfig, SlideClassifier
+from wsi_ats.models.data_range import slide_warnings
 from wsi_ats.slides import Slide, SlideReadError, open_slide
 from wsi_ats.slides import low_res_view as _low_res_view
 from wsi_ats.slides import tissue_mask as _tissue_mask
@@ -72,6 +73,7 @@ class SlideSample:
     replace: bool = False  # how the cells were drawn (the estimator depends on it)
     read_downsample: float = 1.0  # level-0 pixels per pixel of ``read_level``
     scale: tuple[float, float] = (1.0, 1.0)  # (sy, sx) level-0 pixels per low-res pixel
+    warnings: tuple[str, ...] = ()  # why the prediction may not be trusted (see slide_warnings)
 
     @property
     def tile_size_level0(self) -> tuple[int, int]:
@@ -233,6 +235,11 @@ def sample_slide(
     flat = att.reshape(1, -1).expand(n_draws, -1).contiguous()
     drawn = draw(flat, n, replace, gen)
     indices, sampled = drawn.indices, drawn.proposal  # the proposal is the attention itself
+    p0 = round(cfg.slide.patch_size * view.read_downsample)
+    warnings = slide_warnings(
+        view.level0_size, view.mpp, (p0, p0), bool(view.mask.any()), int((att > 0).sum()), n,
+        getattr(model, "data_range", None),
+    )  # fmt: skip
     return SlideSample(
         slide_id=view.slide_id,
         path=view.path,
@@ -245,6 +252,7 @@ def sample_slide(
         replace=replace,
         read_downsample=view.read_downsample,
         scale=view.scale,
+        warnings=tuple(warnings),
     )
 
 
@@ -324,6 +332,7 @@ def aggregate_slide(
         tile_size_level0=sample.tile_size_level0,
         scale=sample.scale,
         n_tiles_read=n_read,
+        extra={"warnings": "; ".join(getattr(sample, "warnings", ()))},
     )
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from wsi_ats.atomic import atomic_path, atomic_write_text
 from wsi_ats.models.classifier import SlideClassifier
 from wsi_ats.models.config import ConfigError, PipelineConfig
+from wsi_ats.models.data_range import DataRange
 
 CHECKPOINT_FORMAT = 1
 
@@ -33,15 +34,18 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: str | Path, model: SlideClassifier, epoch: int, **extra: Any) -> Path:
     """Write ``model``'s weights and config (+ ``extra`` builtins/tensors) atomically to ``path``.
 
+    The model's ``data_range`` (training slides' size and resolution), when set, is kept too.
     Also writes ``config.json`` beside it. Returns ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    data_range = getattr(model, "data_range", None)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": model.config.to_dict(),
         "epoch": int(epoch),
+        **({} if data_range is None else {"data_range": data_range.to_dict()}),
         **extra,
     }
     with atomic_path(path) as tmp:
@@ -54,13 +58,22 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """The raw checkpoint dict (weights-only load); :class:`CheckpointError` when it is not one."""
     path = Path(path)
     if path.is_dir():
+        if not (path / "model.pt").is_file():
+            raise CheckpointError(
+                path, "folder has no model.pt; give RUN/model.pt written by 'wsi-ats train'"
+            )
         path = path / "model.pt"
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file; give RUN/model.pt of a trained run")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(path, "no such checkpoint file") from None
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
         raise CheckpointError(path, f"not a readable weights-only checkpoint ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - torch's unpickler fails on other files in many ways
+        # (IndexError, KeyError, UnicodeDecodeError...): whatever it is, the file is not a checkpoint
+        raise CheckpointError(
+            path, f"not a checkpoint ({type(exc).__name__}: {exc}); give RUN/model.pt"
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
         raise CheckpointError(path, "not a wsi-ats checkpoint (needs 'state_dict' and 'config')")
     return ckpt
@@ -104,6 +117,7 @@ def load_model(
         raise CheckpointError(path, f"cannot build its model: {exc}") from None
     check_state_dict(path, model, ckpt["state_dict"])
     model.load_state_dict(ckpt["state_dict"])
+    model.data_range = DataRange.from_dict(ckpt.get("data_range"))
     return model.to(map_location).eval()
 
 

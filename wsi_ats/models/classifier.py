@@ -8,6 +8,7 @@ from torch import nn
 from wsi_ats.core import masked_logits, masked_softmax
 from wsi_ats.models.attention import AttentionNet
 from wsi_ats.models.config import PipelineConfig
+from wsi_ats.models.data_range import DataRange
 from wsi_ats.models.features import build_feature_net
 from wsi_ats.models.head import ClassifierHead
 
@@ -38,6 +39,8 @@ class SlideClassifier(nn.Module):
         # tile-level classifier of the instance losses (training); its own weights, so that the
         # slide head's calibration and the tiles' evidence do not pull on each other
         self.instance_head = nn.Linear(config.features.dim, 1)
+        # the slides it was trained on (set by training, kept in checkpoints); None: unknown
+        self.data_range: DataRange | None = None
 
     @property
     def device(self) -> torch.device:

@@ -228,6 +228,21 @@ class PipelineConfig:
             if mine[section][key] != theirs[section][key]
         ]
 
+    def diff(self, other: PipelineConfig) -> list[str]:
+        """Dotted names of every field whose values differ: ``["train.lr", "slide.patch_size"]``."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [
+            f"{section}.{key}"
+            for section in SECTIONS
+            for key in mine[section]
+            if mine[section][key] != theirs[section][key]
+        ]
+
+    def get(self, dotted: str) -> Any:
+        """The value of a dotted field name: ``cfg.get("train.lr")``."""
+        section, key = dotted.split(".")
+        return getattr(getattr(self, section), key)
+
 
 def load_config(path: str | Path | None) -> PipelineConfig:
     """The config in ``path`` (TOML), or the defaults when ``path`` is ``None``."""
