@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 import zarr
-from tqdm.auto import tqdm
+
+from wsi_ats.progress import Progress as tqdm
 
 from .base import Slide
 from .lowres import area_reduce
@@ -33,6 +34,15 @@ from .open import open_slide
 # c <= ~106 gets under 2, where zarr's ~0.4 ms per-chunk overhead makes reads 4x slower (c=128 measured).
 DEFAULT_CHUNK = 512
 CODECS = ("zstd", "blosc", "none")
+
+
+def image_name(dst: str | Path) -> str:
+    """The image name of an OME-Zarr folder: ``cmu1.ome.zarr`` -> ``cmu1``."""
+    name = Path(dst).name
+    for suffix in (".zarr", ".ome"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    return name
 
 
 def convert_to_ome_zarr(
@@ -70,7 +80,7 @@ def convert_to_ome_zarr(
         _convert(
             slide,
             partial,
-            dst.stem,
+            image_name(dst),
             chunk_size,
             codec,
             compression_level,

@@ -194,7 +194,7 @@ def make_cohort(
 
     bar = None
     if progress is True and jobs:
-        from tqdm.auto import tqdm
+        from wsi_ats.progress import Progress as tqdm
 
         if workers > 1:  # slides finish in other processes: count slides
             bar = tqdm(total=n_slides, initial=n_slides - len(jobs), unit="slide", desc="synth")
