@@ -19,6 +19,7 @@ import torch
 from wsi_ats.cohort.manifest import load_manifest
 from wsi_ats.core import AppearanceStrata, fit_appearance_strata
 from wsi_ats.models import PipelineConfig
+from wsi_ats.models.data_range import DataRange, mean_mpp
 from wsi_ats.slides import Slide, open_slide
 from wsi_ats.stages import (
     SlideView,
@@ -131,6 +132,11 @@ class SlideStore:
         with self._lock:
             self._exploration.clear()
         return self.strata
+
+    def data_range(self, slides: list[LabelledSlide]) -> DataRange | None:
+        """Level-0 size and resolution range of ``slides`` (their views, computed if needed)."""
+        views = [self.view(s) for s in slides]
+        return DataRange.of([v.level0_size for v in views], [mean_mpp(v.mpp) for v in views])
 
     def exploration(self, slide: LabelledSlide, map_size: tuple[int, int]) -> np.ndarray:
         """The slide's appearance-stratified exploration ``[mh * mw]`` (computed once, kept): over

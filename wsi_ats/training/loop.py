@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from tqdm.auto import tqdm
 
 from wsi_ats.atomic import atomic_path
 from wsi_ats.models import (
@@ -29,6 +28,8 @@ from wsi_ats.models import (
     save_checkpoint,
 )
 from wsi_ats.models.checkpoint import check_state_dict
+from wsi_ats.models.config import ConfigError
+from wsi_ats.progress import Progress as tqdm
 from wsi_ats.stages import (
     aggregate_slide,
     attention_map_size,
@@ -51,6 +52,16 @@ HISTORY_FIELDS = [
     "instance_loss",
     "distill_loss",
 ]
+
+
+#: files of a run folder; any of the first two means a run is there
+RUN_FILES = ("model.pt", "last.pt", "history.csv", "config.json")
+#: fields a resumed run may change: they do not alter what the epochs already run have learned
+RESUMABLE_FIELDS = ("train.epochs", "train.read_workers")
+
+
+class RunExistsError(ValueError):
+    """``out_dir`` holds a run and neither ``resume`` nor ``overwrite`` was asked for."""
 
 
 @dataclass
@@ -146,6 +157,7 @@ def train(
     resume: bool = False,
     epochs: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     device: str | torch.device | None = None,
     model: SlideClassifier | None = None,
     on_epoch: Callable[[SlideClassifier, dict], None] | None = None,
@@ -160,7 +172,12 @@ def train(
         out_dir: run folder (``model.pt`` = best validation AUC, ``last.pt``, ``config.json``,
             ``history.csv``).
         resume: continue from ``out_dir/last.pt``: epochs are numbered on from where it stopped and
-            the same seeds are used as an uninterrupted run.
+            the same seeds are used as an uninterrupted run. A ``config`` that differs from the
+            run's in anything but :data:`RESUMABLE_FIELDS` is refused (:class:`CheckpointError`
+            naming the fields), so the recorded settings are always those used.
+        overwrite: start afresh in an ``out_dir`` that holds a run (its run files are removed once
+            the inputs are checked); without it (or ``resume``) such a folder is refused with
+            :class:`RunExistsError`.
         epochs: total number of epochs of the run (default ``config.train.epochs``); on resume, only
             the epochs after the last finished one are run.
         model: a freshly built model to train instead of ``build_model(config)`` (custom networks;
@@ -172,16 +189,16 @@ def train(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if model is not None:
         config = model.config
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunExistsError(f"{out_dir} is a file; --out must be a run folder")
     state = None
     if resume:
-        last = out_dir / "last.pt"
-        state = read_checkpoint(last)
-        saved = PipelineConfig.from_dict(state["config"])
-        if config is not None:
-            diff = saved.architecture_diff(config)
-            if diff:
-                raise CheckpointError(last, f"incompatible config for --resume: {', '.join(diff)}")
-        config = config or saved
+        state, config = _resume_state(out_dir / "last.pt", config)
+    elif not overwrite and any((out_dir / n).exists() for n in RUN_FILES[:2]):
+        raise RunExistsError(
+            f"{out_dir} already holds a run (model.pt/last.pt); add --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
     if config is None:
         raise ValueError("a pipeline config is needed (or resume=True with an existing run)")
     tc = config.train
@@ -193,12 +210,10 @@ def train(
     start_epoch, history, best = 1, [], None
     best_epoch, best_auc = 0, float("nan")
     if state is not None:
-        check_state_dict(out_dir / "last.pt", model, state["state_dict"])
+        last = out_dir / "last.pt"
+        check_state_dict(last, model, state["state_dict"])
         model.load_state_dict(state["state_dict"])
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except ValueError as exc:  # e.g. a run saved before the attention had its own group
-            raise CheckpointError(last, f"its optimizer state does not fit: {exc}") from None
+        _restore_optimizer(last, optimizer, state.get("optimizer"))
         running_mean.load(state.get("running_mean"))
         start_epoch = int(state["epoch"]) + 1
         history = list(_read_history(out_dir / "history.csv"))
@@ -209,6 +224,9 @@ def train(
 
     slides = read_cohort(manifest)
     train_set, val_set = split_cohort(slides, tc.val_fraction, tc.seed)
+    if overwrite and not resume:  # every input is valid: only now does the old run go
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     with SlideStore(config, tc.read_workers) as store:
         if tc.explore_strata > 0 and tc.explore > 0 and tc.explore_scope == "cohort":
@@ -227,6 +245,8 @@ def train(
             row["val_auc"] = safe_auc(val_labels, val_probs)
             row["val_loss"] = bce(val_labels, val_probs)
             row["seconds"] = time.perf_counter() - t0
+            if model.data_range is None:  # every training view is cached after an epoch
+                model.data_range = store.data_range(train_set)
             if on_epoch is not None:
                 on_epoch(model, row)
             history.append(row)
@@ -270,6 +290,46 @@ def train(
         max(start_epoch - 1, total_epochs),
         history,
     )
+
+
+def _resume_state(last: Path, config: PipelineConfig | None) -> tuple[dict, PipelineConfig]:
+    """The checkpoint ``last`` and the config to continue with: the run's own, with only
+    :data:`RESUMABLE_FIELDS` taken from ``config``; any other difference is refused."""
+    if not last.is_file():
+        raise CheckpointError(last, "no last.pt to resume from; run without --resume to start")
+    state = read_checkpoint(last)
+    try:
+        saved = PipelineConfig.from_dict(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(last, f"its config is not valid here: {exc}") from None
+    if config is None:
+        return state, saved
+    diff = [name for name in saved.diff(config) if name not in RESUMABLE_FIELDS]
+    if diff:
+        details = ", ".join(f"{n} (run {saved.get(n)!r}, pipeline {config.get(n)!r})" for n in diff)
+        raise CheckpointError(
+            last,
+            f"incompatible config for --resume: {details}; resume with the run's settings "
+            "(omit --pipeline) or start a new run (another --out, or --overwrite)",
+        )
+    return state, config
+
+
+def _restore_optimizer(last: Path, optimizer: torch.optim.Optimizer, saved: dict | None) -> None:
+    """Load the optimiser state of ``last``; its learning rates must be the config's."""
+    if saved is None:
+        raise CheckpointError(last, "no optimizer state to resume from")
+    wanted = [group["lr"] for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(saved)
+    except ValueError as exc:  # e.g. a run saved before the attention had its own group
+        raise CheckpointError(last, f"its optimizer state does not fit: {exc}") from None
+    restored = [group["lr"] for group in optimizer.param_groups]
+    if restored != wanted:  # written by a version that resumed with other settings
+        raise CheckpointError(
+            last, f"its optimizer learning rates {restored} differ from its config's {wanted}; "
+            "start a new run",
+        )  # fmt: skip
 
 
 def _run_epoch(
