@@ -164,7 +164,7 @@ def _reference(path: str, model, slide_id: str):  # noqa: ANN001, ANN202
 def _assert_matches_single_process(out: Path, manifest: Path, model_path: Path) -> None:
     model = load_model(model_path)
     df = pd.read_csv(out / "predictions.csv")
-    assert list(df.columns) == COLUMNS
+    assert list(df.columns)[: len(COLUMNS)] == COLUMNS
     by_id = df.set_index("slide_id")
     for entry in load_manifest(manifest):
         if entry.problem or "corrupt" in entry.slide_id:
@@ -208,7 +208,7 @@ def test_cluster_bad_slides_and_killed_worker(
     assert len(killed) == 1 and killed[0][1] > 0
     assert len(cluster.alive_workers()) == 1
 
-    assert list(df.columns) == COLUMNS and len(df) == 8
+    assert list(df.columns) == [*COLUMNS, "label"] and len(df) == 8  # the manifest has labels
     status = dict(zip(df["slide_id"], df["status"], strict=True))
     errors = dict(zip(df["slide_id"], df["error"], strict=True))
     assert status.pop("corrupt") == "error" and status.pop("missing") == "error"
@@ -271,7 +271,8 @@ def test_killed_run_restarts_only_missing(
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr
     summary = done.stdout.strip().splitlines()
-    assert len(summary) == 1 and f"{N_GOOD} ok, 0 failed" in summary[0]
+    assert len(summary) == 2 and f"{N_GOOD} ok, 0 failed" in summary[0]
+    assert summary[1].startswith(f"evaluation on {N_GOOD} labelled slides")
     assert (
         f"{N_GOOD - len(before)} computed by this run, {len(before)} already finished"
         in (summary[0])
@@ -292,8 +293,9 @@ def test_cli_exit_status_and_summary_on_failures(
     cmd = _predict_cmd(cohort["small_faulty"], cohort["model"], tmp_path / "out", cluster.address)
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=150)
     assert done.returncode == 1, done.stderr
-    (line,) = done.stdout.strip().splitlines()
+    line, evaluation = done.stdout.strip().splitlines()
     assert "4 slides: 2 ok, 2 failed" in line and "corrupt" in line
+    assert evaluation.startswith("evaluation on 2 labelled slides")
     assert "gone.tiff" in done.stderr  # the missing path is announced up front
     assert "dask dashboard" in done.stderr
 

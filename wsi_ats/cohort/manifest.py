@@ -24,6 +24,8 @@ from .paths import slide_dir_name
 REQUIRED_COLUMNS = ("slide_id", "path")
 OPTIONAL_COLUMNS = ("label", "split")
 OnMissing = Literal["error-row", "fail"]
+#: more bad labels than this are reported as one problem (string labels: every row is wrong)
+MAX_LABEL_LINES = 3
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,10 @@ class ManifestError(ValueError):
         self.problems = list(problems)
         lines = "\n".join(f"  {p}" for p in self.problems)
         n = len(self.problems)
-        super().__init__(f"manifest {self.path} has {n} problem{'s' * (n != 1)}:\n{lines}")
+        if n == 1:
+            super().__init__(f"manifest {self.path}: {self.problems[0]}")
+        else:
+            super().__init__(f"manifest {self.path} has {n} problems:\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class Manifest:
 
     path: Path
     entries: list[SlideEntry] = field(default_factory=list)
+    columns: tuple[str, ...] = REQUIRED_COLUMNS  # the columns of the CSV header (known ones)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -76,6 +82,28 @@ class Manifest:
     @property
     def slide_ids(self) -> list[str]:
         return [e.slide_id for e in self.entries]
+
+    def select_split(self, split: str) -> Manifest:
+        """The rows whose ``split`` is ``split`` (case-insensitive); :class:`ManifestError` when
+        none is."""
+        if "split" not in self.columns:
+            raise ManifestError(
+                self.path, [ManifestProblem(1, f"no split column for --split {split}")]
+            )
+        wanted = split.strip().lower()
+        rows = [e for e in self.entries if (e.split or "").strip().lower() == wanted]
+        if not rows:
+            found = sorted({(e.split or "").strip().lower() for e in self.entries} - {""})
+            raise ManifestError(
+                self.path,
+                [
+                    ManifestProblem(
+                        None,
+                        f"no rows with split {split!r}; splits found: {', '.join(found) or 'none'}",
+                    )
+                ],
+            )
+        return Manifest(self.path, rows, self.columns)
 
 
 def _is_url(path: str) -> bool:
@@ -153,8 +181,13 @@ def load_manifest(
     dup_cols = sorted({c for c in header if header.count(c) > 1 and c})
     problems: list[ManifestProblem] = []
     if missing_cols:
+        found = ", ".join(h for h in header if h) or "none"
         problems.append(
-            ManifestProblem(header_line, f"missing column(s): {', '.join(missing_cols)}")
+            ManifestProblem(
+                header_line,
+                f"missing column(s): {', '.join(missing_cols)} (columns found: {found}); "
+                "the header must name slide_id,path[,label][,split]",
+            )
         )
     if dup_cols:
         problems.append(ManifestProblem(header_line, f"duplicate column(s): {', '.join(dup_cols)}"))
@@ -165,6 +198,7 @@ def load_manifest(
         name: header.index(name) for name in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if name in header
     }
     base = path.resolve().parent
+    bad_labels: list[tuple[int, str]] = []  # (line, text): reported once, not once per row
     first_line: dict[str, int] = {}
     folder_owner: dict[str, tuple[str, int]] = {}  # case-folded output folder -> (id, line)
     entries: list[SlideEntry] = []
@@ -200,6 +234,7 @@ def load_manifest(
             try:
                 label = parse_label(label_text)
             except ValueError as exc:
+                bad_labels.append((line, label_text))
                 row_problems.append(str(exc))
         elif require_label:
             row_problems.append("empty label")
@@ -216,8 +251,24 @@ def load_manifest(
         problems.extend(ManifestProblem(line, f"{slide_id or '?'}: {m}") for m in row_problems)
         if not row_problems:
             entries.append(SlideEntry(slide_id, resolved, line, label, split, problem))
+    if len(bad_labels) > MAX_LABEL_LINES:  # one line for them all, not one per row
+        problems = [p for p in problems if "label must be 0 or 1" not in p.message]
+        problems.append(_label_problem(bad_labels))
     if problems:
         raise ManifestError(path, problems)
     if not entries:
         raise ManifestError(path, [ManifestProblem(None, "no slides listed")])
-    return Manifest(path, entries)
+    known = tuple(c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in col)
+    return Manifest(path, entries, known)
+
+
+def _label_problem(bad: list[tuple[int, str]]) -> ManifestProblem:
+    """One problem for every label that is not 0 or 1: the lines and the distinct values."""
+    values = sorted({text for _, text in bad})
+    shown = ", ".join(repr(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+    lines = [line for line, _ in bad]
+    return ManifestProblem(
+        None,
+        f"label must be 0 or 1 on {len(bad)} rows (lines {lines[0]}-{lines[-1]}), got {shown}; "
+        "map the labels to 0/1 (e.g. normal -> 0, tumor -> 1)",
+    )

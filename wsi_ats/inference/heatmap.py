@@ -72,6 +72,35 @@ def render_heatmap(
     return canvas
 
 
+#: image formats a heatmap can be written in, by file suffix
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def image_format(path: str | Path) -> str:
+    """PIL's format name for ``path``'s suffix; ``ValueError`` naming the path when ``path`` is a
+    folder or its suffix is not one of :data:`IMAGE_FORMATS`."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a folder; give an image file name, e.g. {path / 'heatmap.png'}"
+        )
+    fmt = IMAGE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"{path}: unknown image type {path.suffix or '(no suffix)'!r}; "
+            f"end the name in one of {', '.join(IMAGE_FORMATS)}"
+        )
+    return fmt
+
+
+def save_image(img: Image.Image, path: str | Path) -> Path:
+    """Write ``img`` atomically in the format of ``path``'s suffix (see :func:`image_format`)."""
+    fmt = image_format(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format=fmt)
+    return Path(path)
+
+
 def save_png(img: Image.Image, path: str | Path) -> Path:
     """Write ``img`` as PNG atomically (temporary file, then ``os.replace``)."""
     with atomic_path(path) as tmp:

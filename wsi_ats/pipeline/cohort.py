@@ -71,22 +71,74 @@ def _missing_error(entry: SlideEntry) -> str:
 def _model_param(model: Any, client: Client) -> tuple[Any, str, Any]:
     """(task argument, token for keys and run.json, the model's config)."""
     if isinstance(model, str | Path):
-        ref = ModelRef.from_path(model)
-        with open(ref.path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()[:16]
-        from wsi_ats.models import PipelineConfig, read_checkpoint
-
-        config = PipelineConfig.from_dict(read_checkpoint(ref.path)["config"])
-        return ref, f"sha256:{digest}", config
+        return model_reference(model)
     future = client.scatter(model, broadcast=True, hash=False)
     return future, f"object:{future.key}", model.config
+
+
+def model_reference(path: str | Path) -> tuple[ModelRef, str, Any]:
+    """``(ModelRef, "sha256:<digest>", config)`` of the checkpoint at ``path`` (a ``model.pt`` or
+    its run folder); :class:`~wsi_ats.models.CheckpointError` when it is not a usable checkpoint."""
+    from wsi_ats.models import CheckpointError, ConfigError, PipelineConfig, read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    ref = ModelRef.from_path(path)
+    try:
+        config = PipelineConfig.from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(ref.path, f"its config is not valid here: {exc}") from None
+    with open(ref.path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    return ref, f"sha256:{digest}", config
+
+
+def run_settings(
+    model_token: str, config: Any, n_draws: int | None, seed: int | None, save_features: bool
+) -> dict[str, Any]:
+    """What ``run.json`` records of a run (the model's ``[predict]`` values fill the gaps)."""
+    return {
+        "seed": int(seed if seed is not None else config.predict.seed),
+        "n_draws": int(n_draws if n_draws is not None else config.predict.n_draws),
+        "model": model_token,
+        "save_features": bool(save_features),
+    }
+
+
+def check_output_folder(out: str | Path) -> Path:
+    """``out`` as a path; :class:`RunSettingsError` when it exists and is not a folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunSettingsError(f"{out} is a file; --out must be a folder (new or of this run)")
+    return out
+
+
+def preflight(
+    model: str | Path,
+    out: str | Path,
+    *,
+    n_draws: int | None = None,
+    seed: int | None = None,
+    save_features: bool = False,
+) -> dict[str, Any]:
+    """Every check of a run that needs no cluster: the checkpoint, the output folder and the
+    settings of an earlier run into it. Returns the run's settings; writes nothing."""
+    out = check_output_folder(out)
+    _, token, config = model_reference(model)
+    settings = run_settings(token, config, n_draws, seed, save_features)
+    _check_run_settings(out, settings)
+    return settings
 
 
 def _check_run_settings(out: Path, settings: dict[str, Any]) -> None:
     """Refuse to resume into ``out`` when its ``run.json`` records other seed/draws/model."""
     path = out / RUN_FILE
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunSettingsError(
+                f"{path} is unreadable ({exc}); use another output folder"
+            ) from None
         both_files = all(
             str(m).startswith("sha256:") for m in (old.get("model"), settings["model"])
         )
@@ -101,7 +153,6 @@ def _check_run_settings(out: Path, settings: dict[str, Any]) -> None:
                 f"{out} holds results of a run with other settings ({details}); "
                 "use another output folder or the original settings"
             )
-    atomic_write_json(path, settings)
 
 
 @contextmanager
@@ -144,19 +195,16 @@ def predict_cohort(
     """
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, on_missing=on_missing)
-    out = Path(out)
+    out = check_output_folder(out)
+    if isinstance(model, str | Path):  # checked before any cluster starts or folder is made
+        preflight(model, out, n_draws=n_draws, seed=seed, save_features=save_features)
     out.mkdir(parents=True, exist_ok=True)
     with _client_for(client) as c:
         model_arg, model_token, config = _model_param(model, c)
-        n_draws = int(n_draws if n_draws is not None else config.predict.n_draws)
-        seed = int(seed if seed is not None else config.predict.seed)
-        settings = {
-            "seed": seed,
-            "n_draws": n_draws,
-            "model": model_token,
-            "save_features": bool(save_features),
-        }
+        settings = run_settings(model_token, config, n_draws, seed, save_features)
         _check_run_settings(out, settings)
+        atomic_write_json(out / RUN_FILE, settings)
+        n_draws, seed = settings["n_draws"], settings["seed"]
         params = RunParams(
             model=model_arg,
             model_token=model_token,
@@ -172,9 +220,19 @@ def predict_cohort(
             max_in_flight = max(4 * batch_slides, 8 * total_threads(c))
         runner = _Runner(c, params, max(1, max_in_flight), max(1, batch_slides), progress)
         runner.run(manifest)
-    df = collect_predictions(out, manifest.slide_ids)
+    df = with_manifest_columns(collect_predictions(out, manifest.slide_ids), manifest)
     write_predictions_csv(df, out)
     df.attrs.update(computed=runner.computed, failed=runner.failed, skipped=runner.skipped)
+    return df
+
+
+def with_manifest_columns(df: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
+    """``df`` (rows in manifest order) with the manifest's ``label`` and ``split`` columns, for
+    those it has."""
+    if "label" in manifest.columns:
+        df["label"] = pd.array([e.label for e in manifest], dtype="Int64")
+    if "split" in manifest.columns:
+        df["split"] = [e.split or "" for e in manifest]
     return df
 
 
@@ -314,4 +372,32 @@ def summary_line(df: pd.DataFrame) -> str:
     if err:
         first = df.loc[df["status"] == "error"].iloc[0]
         text += f"; first failure {first['slide_id']}: {first['error']}"
+    warned = int((df.get("warnings", pd.Series(dtype=str)).fillna("") != "").sum())
+    if warned:
+        text += f"; {warned} with warnings (see the warnings column)"
     return text
+
+
+def evaluation_line(df: pd.DataFrame) -> str | None:
+    """AUC and accuracy over the slides that have a label and a prediction, with their counts;
+    None when no such slide."""
+    from sklearn.metrics import roc_auc_score
+
+    if "label" not in df.columns:
+        return None
+    rows = df[(df["status"] == "ok") & df["label"].notna()]
+    if rows.empty:
+        return None
+    labels = rows["label"].astype(int).to_numpy()
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    correct = int((rows["prediction"].astype(int).to_numpy() == labels).sum())
+    auc = (
+        f"AUC {roc_auc_score(labels, rows['probability'].to_numpy()):.3f}"
+        if n_pos and n_neg
+        else "AUC n/a (one class)"
+    )
+    return (
+        f"evaluation on {len(labels)} labelled slides ({n_pos} positive, {n_neg} negative): "
+        f"{auc}, accuracy {correct / len(labels):.3f} ({correct}/{len(labels)})"
+    )

@@ -24,7 +24,11 @@ PREDICTION_FILE = "prediction.json"
 ERROR_FILE = "error.json"
 PREDICTIONS_CSV = "predictions.csv"
 LOG_FILE = "pipeline-log.jsonl"
-COLUMNS = ["slide_id", "probability", "prediction", "std", "n_patches", "status", "error"]
+COLUMNS = [
+    "slide_id", "probability", "prediction", "std", "n_patches", "status", "error", "warnings",
+]  # fmt: skip
+#: columns copied from the manifest after :data:`COLUMNS`, when the manifest has them
+MANIFEST_COLUMNS = ["label", "split"]
 
 
 def is_finished(out: str | Path, slide_id: str) -> bool:
@@ -71,7 +75,7 @@ def slide_row(out: str | Path, slide_id: str) -> dict[str, Any]:
     """
     folder = slide_dir(out, slide_id)
     row: dict[str, Any] = dict.fromkeys(COLUMNS, math.nan)
-    row.update(slide_id=slide_id, error="")
+    row.update(slide_id=slide_id, error="", warnings="")
     pred = _read_json(folder / PREDICTION_FILE)
     if pred is not None and pred.get("status", "ok") == "ok":
         row.update(
@@ -80,6 +84,7 @@ def slide_row(out: str | Path, slide_id: str) -> dict[str, Any]:
             std=_number(pred.get("std")),
             n_patches=pred.get("n_patches"),
             status="ok",
+            warnings=str(pred.get("warnings") or ""),
         )
         return row
     err = pred if pred is not None else _read_json(folder / ERROR_FILE)
