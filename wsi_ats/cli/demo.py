@@ -32,8 +32,8 @@ DEMO_PIPELINE = {
 }  # fmt: skip
 SPLITS = (("train", 0.5), ("val", 0.15), ("test", 0.35))
 PREDICTION_COLUMNS = [
-    "slide_id", "probability", "prediction", "std", "n_patches", "status", "error",
-    "label", "n_tiles_read", "tissue_tiles", "seconds", "lesion_hits",
+    "slide_id", "probability", "prediction", "std", "n_patches", "status", "error", "warnings",
+    "label", "split", "n_tiles_read", "tissue_tiles", "seconds", "lesion_hits",
 ]  # fmt: skip
 
 
@@ -52,6 +52,9 @@ class DemoResult:
     lesion_hit_share: float  # share of sampled tiles on malignant spots, positive test slides
     n_test: int
     timings: dict = field(default_factory=dict)  # seconds per phase
+    best_epoch: int = 0  # the epoch whose weights model.pt holds (best validation AUC)
+    epochs: int = 0  # epochs trained
+    best_val_auc: float = float("nan")
 
 
 def demo_config():  # noqa: ANN201 - PipelineConfig, imported lazily
@@ -101,7 +104,10 @@ def demo(
     timings["cohort"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    result = train(manifest, config, out_dir / "run", epochs=epochs, progress=progress)
+    # the demo's run is remade each time (the cohort is what is cached)
+    result = train(
+        manifest, config, out_dir / "run", epochs=epochs, progress=progress, overwrite=True
+    )
     timings["train"] = time.perf_counter() - t0
 
     from wsi_ats.models import load_model
@@ -124,7 +130,8 @@ def demo(
         rows.append({
             "slide_id": s.slide_id, "probability": pred.probability, "prediction": pred.prediction,
             "std": pred.std, "n_patches": pred.n_patches, "status": "ok", "error": "",
-            "label": s.label, "n_tiles_read": pred.n_tiles_read,
+            "warnings": pred.extra.get("warnings", ""), "label": s.label, "split": s.split,
+            "n_tiles_read": pred.n_tiles_read,
             "tissue_tiles": round(tissue_tile_count(view, pred.tile_size_level0)),
             "seconds": seconds, "lesion_hits": int(hits.sum()),
         })  # fmt: skip
@@ -156,6 +163,9 @@ def demo(
         ),
         n_test=len(rows),
         timings=timings,
+        best_epoch=result.best_epoch,
+        epochs=result.epochs_done,
+        best_val_auc=result.best_val_auc,
     )
 
 
@@ -172,7 +182,8 @@ def format_table(r: DemoResult) -> str:
         "phases                    " + ", ".join(f"{k} {v:.0f} s" for k, v in r.timings.items()),
         f"predictions               {r.predictions_csv}",
         f"heatmaps                  {r.predictions_csv.parent / 'slides'}/<slide_id>/heatmap.png",
-        f"model                     {r.model_path}",
+        f"model                     {r.model_path} (epoch {r.best_epoch} of {r.epochs}: "
+        f"best validation AUC {r.best_val_auc:.3f})",
     ]
     return "\n".join(lines)
 
@@ -191,21 +202,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=4096, help="slide side, px (default: %(default)s)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the pipeline's)")
     p.add_argument("--pipeline", type=Path, help="pipeline TOML (default: pipelines/demo.toml)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on <= 2 cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: 1 on <= 2 cores, else torch's choice)",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (without a terminal, progress is one line every few seconds)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from wsi_ats.cli.common import fail, set_threads
+    from wsi_ats.models import ConfigError, load_config
 
-    from wsi_ats.models import load_config
-
-    threads = args.threads or (1 if (os.cpu_count() or 1) <= 2 else None)
-    if threads:
-        torch.set_num_threads(threads)
+    try:
+        config = load_config(args.pipeline) if args.pipeline else None
+    except ConfigError as exc:
+        return fail("demo", exc)
+    set_threads(args.threads)
     t0 = time.perf_counter()
-    config = load_config(args.pipeline) if args.pipeline else None
     result = demo(
         args.out, n_slides=args.slides, size=args.size, config=config, epochs=args.epochs,
         progress=not args.quiet,

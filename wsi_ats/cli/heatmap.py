@@ -3,41 +3,49 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from wsi_ats.cli.common import positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "heatmap",
         help="predict one slide and draw its attention heatmap",
-        description="Attention over the slide's low-res view, sampled tiles outlined, as a PNG.",
+        description="Attention over the slide's low-res view, sampled tiles outlined, as an image "
+        "(PNG, JPEG or TIFF, from the name of --out).",
     )
     p.add_argument("slide", help="slide path or URL")
     p.add_argument("--model", required=True, type=Path, help="RUN/model.pt (or the run folder)")
-    p.add_argument("--out", required=True, type=Path, help="PNG to write")
-    p.add_argument("--draws", type=int, help="draws of N tiles (default: the model's n_draws)")
+    p.add_argument("--out", required=True, type=Path, help="image to write: .png, .jpg or .tif")
+    p.add_argument(
+        "--draws", type=positive_int, help="draws of N tiles (default: the model's n_draws)"
+    )
     p.add_argument("--seed", type=int, help="run seed (default: the model's predict.seed)")
-    p.add_argument("--size", type=int, default=1024, help="longest side of the PNG, pixels")
+    p.add_argument("--size", type=positive_int, default=1024, help="longest side of the image, px")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from wsi_ats.cli.common import fail
     from wsi_ats.inference import predict_slide
-    from wsi_ats.inference.heatmap import heatmap_of, save_png
-    from wsi_ats.models import CheckpointError
+    from wsi_ats.inference.heatmap import heatmap_of, image_format, save_image
+    from wsi_ats.models import CheckpointError, load_model
     from wsi_ats.slides import SlideError
 
     try:
+        image_format(args.out)  # before any work: a folder or an unknown suffix is refused
+        model = load_model(args.model)
         pred, view = predict_slide(
-            args.slide, args.model, n_draws=args.draws, seed=args.seed, return_view=True
+            args.slide, model, n_draws=args.draws, seed=args.seed, return_view=True
         )
-    except (CheckpointError, SlideError, ValueError) as exc:  # ValueError: e.g. --draws 0
-        print(f"wsi-ats heatmap: {exc}", file=sys.stderr)
-        return 2
-    save_png(heatmap_of(pred, view, max_side=args.size), args.out)
+    except (CheckpointError, SlideError, ValueError) as exc:
+        return fail("heatmap", exc)
+    save_image(heatmap_of(pred, view, max_side=args.size), args.out)
+    warnings = pred.extra.get("warnings")
     print(
         f"{pred.slide_id}: probability {pred.probability:.3f} ± {pred.std:.3f} "
         f"({pred.n_draws} draws of {pred.n_patches} tiles); heatmap: {args.out}"
+        + (f"; warning: {warnings}" if warnings else "")
     )
     return 0

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from wsi_ats.cli.common import positive_int
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``predict`` on the ``wsi-ats`` parser."""
@@ -16,13 +18,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=(
             "Predict every slide of a cohort manifest (CSV: slide_id,path[,label][,split]) and write "
             "OUT/predictions.csv plus per-slide outputs under OUT/slides/. Slides already finished "
-            "in OUT are skipped, so rerunning the same command resumes an interrupted run. Exit "
-            "status: 0 all slides ok, 1 some slide failed, 2 unusable manifest/model/settings."
+            "in OUT are skipped, so rerunning the same command resumes an interrupted run. "
+            "predictions.csv keeps the manifest's label and split columns and has a warnings "
+            "column (slide smaller than a tile, too little tissue, size or resolution far from "
+            "the training slides); with labels, AUC and accuracy are printed. Exit status: 0 all "
+            "slides ok, 1 some slide failed, 2 unusable manifest/model/settings (checked before "
+            "any cluster starts or folder is made)."
         ),
     )
     p.add_argument("--manifest", required=True, type=Path, help="cohort manifest CSV")
     p.add_argument("--model", required=True, type=Path, help="checkpoint RUN/model.pt (or RUN)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--split",
+        default=None,
+        metavar="NAME",
+        help="predict only the manifest rows of this split, e.g. test (default: every row)",
+    )
     p.add_argument(
         "--scheduler",
         default=None,
@@ -37,19 +49,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="how long to try reaching --scheduler",
     )
     p.add_argument(
-        "--workers", type=int, default=None, help="local cluster: worker processes (default: cores)"
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="local cluster: worker processes (default: one per core)",
     )
     p.add_argument(
-        "--threads-per-worker", type=int, default=1, help="local cluster: threads per worker"
+        "--threads-per-worker",
+        type=positive_int,
+        default=1,
+        help="local cluster: threads per worker",
     )
     p.add_argument(
-        "--max-in-flight", type=int, default=None, metavar="K", help="slides in the graph at once"
+        "--max-in-flight",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="slides in the graph at once (default: 8 per worker thread)",
     )
     p.add_argument(
-        "--batch-slides", type=int, default=4, help="slides whose tiles share one feature pass"
+        "--batch-slides",
+        type=positive_int,
+        default=4,
+        help="slides whose tiles share one feature pass",
     )
-    p.add_argument("--n-draws", type=int, default=None, help="draws per slide (default: config)")
-    p.add_argument("--seed", type=int, default=None, help="run seed (default: config)")
+    p.add_argument(
+        "--n-draws", type=positive_int, default=None, help="draws per slide (default: the model's)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="run seed (default: the model's)")
     p.add_argument("--retries", type=int, default=2, help="retries of a failed task")
     p.add_argument(
         "--on-missing",
@@ -63,39 +90,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="also write each slide's sampled tile features (features.npy, float32 [T*N, D], "
         "rows in coords.csv order)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (without a terminal, progress is one line every few seconds)",
+    )
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate, start or join the cluster, predict, print a one-line summary; the exit status."""
-    from tqdm import tqdm
-
+    """Validate everything, start or join the cluster, predict, print a summary; the exit status."""
+    from wsi_ats.cli.common import fail
     from wsi_ats.cohort.manifest import ManifestError, load_manifest
-    from wsi_ats.models import CheckpointError
+    from wsi_ats.models import CheckpointError, load_model
     from wsi_ats.pipeline.cluster import dashboard_link, open_client
     from wsi_ats.pipeline.cohort import (
         ProgressEvent,
         RunSettingsError,
+        evaluation_line,
         predict_cohort,
+        preflight,
         summary_line,
     )
+    from wsi_ats.progress import Progress
 
+    # every cheap check first: no cluster is started and no folder made for a run that cannot go
     try:
         manifest = load_manifest(args.manifest, on_missing=args.on_missing)
-    except ManifestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if args.split is not None:
+            manifest = manifest.select_split(args.split)
+        load_model(args.model)  # a readable checkpoint whose weights fit its architecture
+        preflight(
+            args.model, args.out, n_draws=args.n_draws, seed=args.seed,
+            save_features=args.save_features,
+        )  # fmt: skip
+    except (ManifestError, CheckpointError, RunSettingsError) as exc:
+        return fail("predict", exc)
     for entry in manifest:
         if entry.problem:
             print(f"warning: line {entry.line}: {entry.problem} (reported as an error row)",
                   file=sys.stderr)  # fmt: skip
-    if not args.model.exists():
-        print(f"error: no such model checkpoint: {args.model}", file=sys.stderr)
-        return 2
 
-    bar: tqdm | None = None
+    bar: Progress | None = None
     start = time.time()
     tiles = 0
     started = False  # connected to the cluster
@@ -105,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         if args.no_progress:
             return
         if bar is None:
-            bar = tqdm(total=event.total, unit="slide", desc="predict", file=sys.stderr)
+            bar = Progress(total=event.total, unit="slide", desc="predict", file=sys.stderr)
         tiles += event.n_tiles
         rate = tiles / max(time.time() - start, 1e-9)
         bar.set_postfix(done=event.done, failed=event.failed, tiles_s=f"{rate:.0f}", refresh=False)
@@ -136,15 +173,16 @@ def run(args: argparse.Namespace) -> int:
                 save_features=args.save_features,
             )
     except (CheckpointError, RunSettingsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail("predict", exc)
     except (OSError, TimeoutError) as exc:
         if args.scheduler and not started:
-            print(f"error: cannot reach scheduler {args.scheduler}: {exc}", file=sys.stderr)
-            return 2
+            return fail("predict", f"cannot reach scheduler {args.scheduler}: {exc}")
         raise
     finally:
         if bar is not None:
             bar.close()
     print(summary_line(df) + f" -> {args.out / 'predictions.csv'}")
+    evaluation = evaluation_line(df)
+    if evaluation:
+        print(evaluation)
     return 0 if (df["status"] == "ok").all() else 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
     p.add_argument("--n-slides", type=int, required=True, help="number of slides")
     p.add_argument("--size", type=int, required=True, help="level-0 side in pixels (square)")
-    p.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="cohort seed")
     p.add_argument("--positive-fraction", type=float, default=0.5, help="share of label-1 slides")
     p.add_argument("--format", choices=("tiff", "zarr"), default="tiff", help="slide format")
     p.add_argument("--compression", choices=("jpeg", "zlib"), default="jpeg", help="tile codec")
@@ -51,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate the cohort and print the manifest path."""
+    from wsi_ats.cli.common import fail
     from wsi_ats.synth import make_cohort
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -70,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
             variant=args.variant,
         )
     except ValueError as exc:  # bad parameters, or spots that do not fit (SynthError)
-        print(f"wsi-ats synth: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("synth", exc)
     print(manifest)
     return 0
