@@ -7,7 +7,6 @@ config for people and tools.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +53,9 @@ def save_checkpoint(path: str | Path, model: SlideClassifier, epoch: int, **extr
     return path
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw checkpoint dict (weights-only load); :class:`CheckpointError` when it is not one."""
+def checkpoint_file(path: str | Path) -> Path:
+    """``path``, or ``path/model.pt`` when it is a run folder (:class:`CheckpointError` if that
+    folder has none)."""
     path = Path(path)
     if path.is_dir():
         if not (path / "model.pt").is_file():
@@ -63,16 +63,24 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 path, "folder has no model.pt; give RUN/model.pt written by 'wsi-ats train'"
             )
         path = path / "model.pt"
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict (weights-only load); :class:`CheckpointError` when it is not one."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(path, "no such checkpoint file; give RUN/model.pt of a trained run")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(path, f"not a readable weights-only checkpoint ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read it ({exc.strerror or exc})") from None
     except Exception as exc:  # noqa: BLE001 - torch's unpickler fails on other files in many ways
-        # (IndexError, KeyError, UnicodeDecodeError...): whatever it is, the file is not a checkpoint
+        # (UnpicklingError, IndexError, KeyError, UnicodeDecodeError...; its own text suggests
+        # weights_only=False, which we never do): whatever it is, the file is not a checkpoint
         raise CheckpointError(
-            path, f"not a checkpoint ({type(exc).__name__}: {exc}); give RUN/model.pt"
+            path,
+            f"not a checkpoint ({type(exc).__name__}); give RUN/model.pt written by 'wsi-ats train'",
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
         raise CheckpointError(path, "not a wsi-ats checkpoint (needs 'state_dict' and 'config')")
@@ -94,9 +102,7 @@ def load_model(
     (``attention_net``...) replace the built-in ones before the weights are loaded. Raises
     :class:`CheckpointError` (a ``ValueError``) naming the file and the mismatching fields or weights.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.pt"
+    path = checkpoint_file(path)
     ckpt = read_checkpoint(path, map_location)
     try:
         saved = PipelineConfig.from_dict(ckpt["config"])
