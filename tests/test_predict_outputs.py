@@ -1,0 +1,143 @@
+"""What ``predict`` tells a user: label and split kept, a warnings column for slides outside the
+model's range, AUC and accuracy with their counts, ``--split``; plain progress lines in logs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import LocalCluster
+from slide_factory import write_pyramidal_tiff
+from tiny_cohort import tiny_cohort, tiny_model, tissue_slide, write_manifest
+
+from wsi_ats.cli import main
+from wsi_ats.models.data_range import DataRange, slide_warnings
+
+TRAINED_ON = DataRange(8, (512, 512), (0.5, 0.5))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("predict-outputs")
+    manifest = tiny_cohort(root / "cohort", n=8)
+    rows = pd.read_csv(manifest).to_dict("records")
+    for row in rows:
+        row["path"] = str(root / "cohort" / row["path"])
+    tiny = np.full((12, 12, 3), 200, np.uint8)  # smaller than one 16 px tile
+    odd = {
+        "tiny": write_pyramidal_tiff(root / "tiny.tiff", tiny, tile=16, levels=1, mpp=0.5),
+        "coarse": tissue_slide(root / "coarse.tiff", 1, seed=1, mpp=352.8),
+        "large": tissue_slide(root / "large.tiff", 0, seed=2, size=2048),
+    }
+    rows += [{"slide_id": k, "path": str(v), "label": 1, "split": "odd"} for k, v in odd.items()]
+    columns = ["slide_id", "path", "label", "split"]
+    return {
+        "root": root,
+        "manifest": write_manifest(root / "all.csv", rows, columns),
+        "model": tiny_model(root / "run" / "model.pt", TRAINED_ON),
+        "old_model": tiny_model(root / "old" / "model.pt", None),  # no recorded range
+    }
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> str:
+    with LocalCluster(
+        n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def _predict(cohort: dict[str, Path], scheduler: str, out: Path, *extra: str) -> int:
+    argv = ["predict", "--manifest", str(cohort["manifest"]), "--out", str(out)]
+    return main([*argv, "--scheduler", scheduler, "--no-progress", *extra])
+
+
+def test_predictions_keep_label_split_and_warn_outside_the_range(
+    cohort: dict[str, Path], scheduler: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert _predict(cohort, scheduler, tmp_path / "out", "--model", str(cohort["model"])) == 0
+    df = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    assert list(df.columns)[-3:] == ["warnings", "label", "split"]
+    by_id = df.set_index("slide_id")
+    assert by_id.loc["s1", "label"] == 1 and by_id.loc["s6", "split"] == "test"
+    assert all(by_id.loc[f"s{i}", "warnings"] == "" for i in range(8))
+    assert "slide 12x12 px is smaller than one tile (16x16 px)" in by_id.loc["tiny", "warnings"]
+    assert (
+        "resolution 353 um/px far from the training range 0.5-0.5"
+        in by_id.loc["coarse", "warnings"]
+    )
+    assert "size 2048 px far from the training range 512-512 px" in by_id.loc["large", "warnings"]
+    summary, evaluation = capsys.readouterr().out.strip().splitlines()
+    assert "3 with warnings" in summary
+    labels, probs = df["label"].to_numpy(), df["probability"].to_numpy()
+    from sklearn.metrics import roc_auc_score
+
+    n_pos = int(labels.sum())
+    correct = int((df["prediction"].to_numpy() == labels).sum())
+    assert evaluation == (
+        f"evaluation on 11 labelled slides ({n_pos} positive, {11 - n_pos} negative): "
+        f"AUC {roc_auc_score(labels, probs):.3f}, accuracy {correct / 11:.3f} ({correct}/11)"
+    )
+
+
+def test_split_filters_rows_and_old_checkpoints_give_no_range_warning(
+    cohort: dict[str, Path], scheduler: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    model = ["--model", str(cohort["old_model"])]
+    assert _predict(cohort, scheduler, out, *model, "--split", "ODD") == 0
+    df = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert list(df["slide_id"]) == ["tiny", "coarse", "large"]
+    assert set(df["split"]) == {"odd"}
+    warnings = dict(zip(df["slide_id"], df["warnings"], strict=True))
+    assert "smaller than one tile" in warnings["tiny"]
+    assert warnings["coarse"] == "" and warnings["large"] == ""  # no range recorded: no range rule
+    assert "evaluation on 3 labelled slides (3 positive, 0 negative): AUC n/a (one class)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_slide_warning_rules() -> None:
+    ok = slide_warnings((512, 512), (0.5, 0.5), (64, 64), True, 100, 32, TRAINED_ON)
+    assert ok == []
+    few = slide_warnings((512, 512), (0.5, 0.5), (64, 64), True, 5, 32, TRAINED_ON)
+    assert few == ["5 tissue cells < N=32 tiles per draw (tiles repeat)"]
+    blank = slide_warnings((512, 512), None, (64, 64), False, 64, 32, None)
+    assert blank == ["no tissue detected (attention spread over the whole slide)"]
+    edge = slide_warnings((1024, 1024), (0.74, 0.74), (64, 64), True, 100, 32, TRAINED_ON)
+    assert edge == []  # within the tolerances (2x size, 1.5x resolution)
+    assert DataRange.from_dict(TRAINED_ON.to_dict()) == TRAINED_ON
+    assert DataRange.from_dict(None) is None and DataRange.from_dict({"side_px": "x"}) is None
+
+
+def test_progress_without_a_terminal_is_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wsi_ats.progress as progress
+
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL", 3600.0)
+    log = io.StringIO()  # not a terminal
+    with progress.Progress(total=500, desc="predict", unit="slide", file=log) as bar:
+        for _ in range(500):
+            bar.update(1)
+            bar.set_postfix(loss="0.1")
+    text = log.getvalue()
+    assert "\r" not in text
+    assert text.splitlines() == [
+        "predict:   0%| 0/500 [00:00<?, ?slide/s]",
+        text.splitlines()[1],
+    ] and text.splitlines()[1].startswith("predict: 100%| 500/500")
+
+
+def test_heatmap_writes_the_format_of_its_suffix(cohort: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    slide = cohort["root"] / "cohort" / "s1.tiff"
+    for name, fmt in (("h.jpg", "JPEG"), ("h.png", "PNG")):
+        out = tmp_path / name
+        assert (
+            main(["heatmap", str(slide), "--model", str(cohort["model"]), "--out", str(out)]) == 0
+        )
+        with Image.open(out) as img:
+            assert img.format == fmt
