@@ -206,3 +206,14 @@ def test_reader_maps_uint16_through_the_omero_window(tmp_path):
         np.testing.assert_array_equal(
             slide.read_region((0, 0), 0, (60, 40)), (data >> 8).astype(np.uint8).transpose(1, 2, 0)
         )
+
+
+def test_cli_names_the_image_without_ome_zarr_and_overwrites_on_request(tiff, tmp_path, capsys):
+    _, src = tiff
+    dst = tmp_path / "cmu1.ome.zarr"
+    assert main(["convert", str(src), str(dst), "--levels", "1", "--quiet"]) == 0
+    attrs = zarr.open_group(str(dst), mode="r").attrs.asdict()
+    assert attrs["multiscales"][0]["name"] == "cmu1"
+    assert main(["convert", str(src), str(dst), "--levels", "1", "--quiet"]) == 2
+    assert "add --overwrite" in capsys.readouterr().err
+    assert main(["convert", str(src), str(dst), "--levels", "1", "--quiet", "--overwrite"]) == 0
