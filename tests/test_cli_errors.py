@@ -143,3 +143,14 @@ def test_checkpoint_and_model_load_name_the_file(files: dict[str, Path]) -> None
     with pytest.raises(CheckpointError, match=r"notes\.txt: not a checkpoint"):
         load_model(files["notes"])
     assert load_model(files["model"]).config == CONFIG
+
+
+def test_train_and_demo_pick_one_thread_on_small_machines(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from wsi_ats.cli import common
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert common.default_threads() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert common.default_threads() is None  # torch's own choice

@@ -67,6 +67,9 @@ def test_demo_small(tmp_path: Path) -> None:
     assert share > 5 * uniform and share - uniform > 6 * se, (share, se, uniform)
     table = format_table(result)
     assert "AUC" in table and "tiles read per slide" in table and "heatmap" in table
+    assert 1 <= result.best_epoch <= result.epochs  # the table says which epoch's weights it kept
+    assert f"(epoch {result.best_epoch} of {result.epochs}: best validation AUC" in table
+    assert all(r["split"] == "test" and "warnings" in r for r in rows)
     # cached: a second call reuses the cohort's slides (same parameters) and still works
     slides = sorted((tmp_path / "demo" / "cohort" / "slides").iterdir())
     stamps = [p.stat().st_mtime_ns for p in slides]
