@@ -81,6 +81,41 @@ def test_cell_descriptors_are_mean_and_std_per_cell() -> None:
         cell_descriptors(x[0], (2, 3))
 
 
+def test_cell_descriptors_with_context_are_mean_and_contrast_with_the_cells_around() -> None:
+    x = torch.rand(1, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    desc = cell_descriptors(x, (5, 5), context=3)
+    assert desc.shape == (1, 25, 6)
+    means = x[0].reshape(3, 5, 2, 5, 2).mean(dim=(2, 4))  # [3, 5, 5] cell means
+    # an inner cell (2, 3): its 3 x 3 neighbourhood is rows 1..3, columns 2..4
+    around = means[:, 1:4, 2:5].reshape(3, -1).mean(1)
+    expected = torch.cat([means[:, 2, 3], means[:, 2, 3] - around])
+    torch.testing.assert_close(desc[0, 2 * 5 + 3], expected, rtol=1e-5, atol=1e-6)
+    # a corner cell (0, 0): the edge is replicated, so rows/columns -1 repeat 0
+    padded = torch.nn.functional.pad(means[None], (1, 1, 1, 1), mode="replicate")[0]
+    around = padded[:, 0:3, 0:3].reshape(3, -1).mean(1)
+    torch.testing.assert_close(desc[0, 0, 3:], means[:, 0, 0] - around, rtol=1e-5, atol=1e-6)
+    for bad in (-1, 2, 4):
+        with pytest.raises(ValueError, match="context"):
+            cell_descriptors(x, (5, 5), context=bad)
+
+
+def test_contrast_descriptors_give_a_small_odd_structure_its_own_stratum() -> None:
+    """A 2 x 2-cell patch that has the colour of the tissue border (a stripe at the view's edge)
+    shares the border's stratum on colour and spread alone, and gets its own with contrast."""
+    x = torch.full((1, 3, 64, 64), 0.8)
+    x[..., :, :4] = 0.6  # a border stripe, 2 cells wide, of the patch's colour
+    x[..., 30:34, 30:34] = 0.6  # the small structure: 2 x 2 cells in the middle
+    support = torch.ones(1, 32 * 32, dtype=torch.bool)
+    patch = [i * 32 + j for i in (15, 16) for j in (15, 16)]
+    stripe = [i * 32 + j for i in range(32) for j in (0, 1)]
+    for context, separate in ((0, False), (7, True)):
+        ids = appearance_strata(cell_descriptors(x, (32, 32), context), support, n_strata=4)[0]
+        assert len(set(ids[patch].tolist())) == 1
+        own = int(ids[patch[0]])
+        assert (own not in set(ids[stripe].tolist())) is separate, context
+        assert (int((ids == own).sum()) == len(patch)) is separate, context
+
+
 def _three_appearances(counts: tuple[int, int, int], seed: int) -> Tensor:
     """Descriptors ``[n, 2]`` of three well-separated appearances (``counts`` cells each),
     in a shuffled order."""

@@ -279,7 +279,7 @@ def _reference_gradients(
             att = model.attention(x, m).reshape(1, -1)
         map_size = tuple(model.attention(x, m).shape[1:])
         support = mask_to_map(m, map_size).reshape(1, -1)
-        ids = appearance_strata(cell_descriptors(x, map_size), support, tc.explore_strata,
+        ids = appearance_strata(cell_descriptors(x, map_size, tc.explore_context), support, tc.explore_strata,
                                 seed=tc.seed)  # fmt: skip
         e = stratified_proposal(ids, tc.explore_rarity)
         replace = int((att > 0).sum()) < n

@@ -170,16 +170,16 @@ def cells_to_locations(
 
 
 def view_descriptors(
-    view: SlideView, map_size: tuple[int, int]
+    view: SlideView, map_size: tuple[int, int], context: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Appearance descriptors ``[K, d]`` of the view's attention cells
-    (:func:`wsi_ats.core.cell_descriptors`) and their tissue support ``bool[K]`` (every cell when
-    the slide has no detected tissue, as the attention does)."""
+    (:func:`wsi_ats.core.cell_descriptors` with ``context``) and their tissue support ``bool[K]``
+    (every cell when the slide has no detected tissue, as the attention does)."""
     x, m = view_tensors(view, torch.device("cpu"))
     support = mask_to_map(m, map_size).reshape(-1)
     if not bool(support.any()):
         support = torch.ones_like(support)
-    return cell_descriptors(x, map_size)[0], support
+    return cell_descriptors(x, map_size, context)[0], support
 
 
 def appearance_exploration(
@@ -189,11 +189,12 @@ def appearance_exploration(
     n_strata: int = 16,
     rarity: float = 1.0,
     seed: int = 0,
+    context: int = 0,
 ) -> np.ndarray:
     """float32 ``[mh * mw]``: exploration spread over the appearance strata of the view's tissue
     cells (``strata`` fitted on the cohort, else ``n_strata`` clusters of this view alone), each
     cell weighted by its stratum's ``count ** -rarity`` (:func:`wsi_ats.core.stratified_proposal`)."""
-    desc, support = view_descriptors(view, map_size)
+    desc, support = view_descriptors(view, map_size, context)
     ids = appearance_strata(desc[None], support[None], n_strata, seed=seed, strata=strata)
     return stratified_proposal(ids, rarity)[0].numpy()
 

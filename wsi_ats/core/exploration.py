@@ -2,9 +2,10 @@
 
 A uniform proposal over tissue visits a structure in proportion to its area, so a lesion covering
 0.1% of the tissue is read once in a thousand draws. Stratified exploration groups the cells of a
-cohort's low-res views by how they *look* (k-means on each cell's mean and spread of pixel values,
-fitted on the training cohort, so that an appearance that is rare in every slide but recurs across
-slides gets a stratum of its own) and spreads the exploration mass over a slide's strata in
+cohort's low-res views by how they *look* (k-means on each cell's mean colour and its contrast with
+the cells around it, or its mean and spread of pixel values; per slide, or fitted on the training
+cohort so that an appearance that is rare in every slide but recurs across slides gets a stratum of
+its own) and spreads the exploration mass over a slide's strata in
 proportion to ``count ** -rarity`` per cell: ``rarity = 1`` gives every stratum present the same
 mass, ``rarity > 1`` favours the rarest ones (count-based exploration). It encodes no rule about
 which appearance matters (colour, darkness, texture): the attention learns that from what the
@@ -29,16 +30,30 @@ __all__ = [
 ]
 
 
-def cell_descriptors(x_low: Tensor, map_size: tuple[int, int]) -> Tensor:
-    """``[B, K, 2C]``: mean and standard deviation of each channel over the low-res pixels of each
-    attention cell (``K = mh * mw``, row-major), from the view ``x_low`` ``[B, C, h, w]``."""
+def cell_descriptors(x_low: Tensor, map_size: tuple[int, int], context: int = 0) -> Tensor:
+    """``[B, K, 2C]`` descriptors of each attention cell (``K = mh * mw``, row-major) of the view
+    ``x_low`` ``[B, C, h, w]``.
+
+    ``context = 0``: the mean and standard deviation of each channel over the cell's low-res pixels.
+    ``context = k > 0`` (odd): the mean, and the mean minus the mean of the ``k x k`` cells around it
+    (edges replicated): how a cell differs from its surroundings (local contrast), so that a small
+    structure unlike the tissue around it stands apart from the bulk of the same colours elsewhere
+    on the slide. Neither says which appearance matters.
+    """
     if x_low.dim() != 4:
         raise ValueError(f"x_low must be [B, C, h, w], got shape {tuple(x_low.shape)}")
+    if context < 0 or (context > 0 and context % 2 == 0):
+        raise ValueError(f"context must be 0 or an odd number of cells, got {context}")
     x = x_low.detach().float()
     mean = F.adaptive_avg_pool2d(x, tuple(map_size))
-    square = F.adaptive_avg_pool2d(x * x, tuple(map_size))
-    std = (square - mean * mean).clamp_min(0).sqrt()
-    desc = torch.cat([mean, std], dim=1)  # [B, 2C, mh, mw]
+    if context > 0:
+        pad = context // 2
+        around = F.avg_pool2d(F.pad(mean, (pad,) * 4, mode="replicate"), context, stride=1)
+        desc = torch.cat([mean, mean - around], dim=1)  # [B, 2C, mh, mw]
+    else:
+        square = F.adaptive_avg_pool2d(x * x, tuple(map_size))
+        std = (square - mean * mean).clamp_min(0).sqrt()
+        desc = torch.cat([mean, std], dim=1)
     return desc.flatten(2).transpose(1, 2)
 
 

@@ -85,7 +85,7 @@ class TrainConfig:
     epochs: int = 10  # passes over the training slides
     batch_size: int = 8  # slides per optimiser step (gradients accumulated slide by slide)
     lr: float = 1e-3  # Adam learning rate of the feature network and the head
-    attention_lr: float = 3e-4  # Adam learning rate of the attention network (its own group)
+    attention_lr: float = 1e-3  # Adam learning rate of the attention network (its own group)
     weight_decay: float = 0.0  # Adam weight decay
     entropy_coef: float = 0.0  # weight of the attention-entropy bonus (> 0 keeps attention spread)
     grad_clip: float = 1.0  # max gradient norm of the feature network and head; 0 = no clipping
@@ -93,15 +93,16 @@ class TrainConfig:
     control_variate: str = "loo"  # baseline in the attention gradient: "none", "mean", "loo"
     instance_coef: float = 1.0  # weight of the instance loss on instance_head(f_i) of sampled tiles
     instance_topk: int = 0  # tiles of a positive slide trained towards its label; 0 = every tile
-    distill_coef: float = 1.0  # weight of attention logits -> tiles' instance scores; 0 = off
+    distill_coef: float = 10.0  # weight of attention logits -> tiles' instance scores; 0 = off
     distill: str = (
         "distribution"  # "distribution": the softmax fits the evidence; "odds": each logit does
     )
-    explore: float = 0.9  # share of the draws from the exploration measure (importance-weighted)
-    explore_epochs: int = 8  # explore falls linearly to 0 over this many epochs; 0 = constant
+    explore: float = 0.5  # share of the draws from the exploration measure (importance-weighted)
+    explore_epochs: int = 0  # explore falls linearly to 0 over this many epochs; 0 = constant
     explore_strata: int = 16  # appearance strata of exploration (k-means); 0 = uniform over tissue
     explore_scope: str = "slide"  # strata of each slide's own cells, or "cohort" (training slides)
-    explore_rarity: float = 1.0  # stratum mass ~ count^-rarity: 1 = even, > 1 favours rare ones
+    explore_rarity: float = 2.0  # stratum mass ~ count^-rarity: 1 = even, > 1 favours rare ones
+    explore_context: int = 7  # odd k: strata of colour and contrast with k x k cells; 0: mean/std
     n_patches_start: int = (
         128  # N at the first epoch, annealed to sampling.n_patches; 0 = no anneal
     )
@@ -327,6 +328,10 @@ def _validate(cfg: PipelineConfig) -> None:
         (cfg.train.explore_epochs >= 0, "train.explore_epochs must be >= 0"),
         (cfg.train.explore_strata >= 0, "train.explore_strata must be >= 0"),
         (cfg.train.explore_rarity >= 0, "train.explore_rarity must be >= 0"),
+        (
+            cfg.train.explore_context == 0 or cfg.train.explore_context % 2 == 1,
+            "train.explore_context must be 0 or odd (cells of the context window)",
+        ),
         (
             cfg.train.explore_scope in ("slide", "cohort"),
             'train.explore_scope must be "slide" or "cohort"',

@@ -126,7 +126,7 @@ class SlideStore:
         parts = []
         for s in slides:
             view = self.view(s)
-            desc, support = view_descriptors(view, map_size(view))
+            desc, support = view_descriptors(view, map_size(view), tc.explore_context)
             parts.append(desc[support])
         self.strata = fit_appearance_strata(torch.cat(parts), tc.explore_strata, seed=tc.seed)
         with self._lock:
@@ -148,7 +148,7 @@ class SlideStore:
             tc = self.config.train
             cached = appearance_exploration(
                 self.view(slide), map_size, self.strata, tc.explore_strata, tc.explore_rarity,
-                tc.seed,
+                tc.seed, tc.explore_context,
             )  # fmt: skip
             with self._lock:
                 self._exploration[key] = cached
