@@ -1,4 +1,4 @@
-"""Review regressions: slide backends after close."""
+"""Slide backends after close: clear errors, no new thread pool."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review regressions: read-level offsets survive the level-0 round trip at non-integer downsamples."""
+"""Read-level offsets survive the level-0 round trip at non-integer downsamples."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review regressions: bad per-call arguments fail with a clear ValueError, not a torch traceback."""
+"""Bad per-call arguments fail with a clear ValueError, not a torch traceback."""
 
 from __future__ import annotations
 
