@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
 
     log("1. attention sampling: training")
     t0 = time.perf_counter()
-    ats_run = train(manifest, config, runs / "attention", epochs=epochs, progress=False)
+    ats_run = train(
+        manifest, config, runs / "attention", epochs=epochs, progress=False, overwrite=True
+    )
     t_ats_train = time.perf_counter() - t0
     ats = load_model(ats_run.model_path)
     ats_eval = evaluate_sampling(ats, test_set, boxes)
@@ -298,7 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.perf_counter()
     uni_run = train(
-        manifest, None, runs / "uniform", epochs=epochs, progress=False, model=uniform_model
+        manifest,
+        None,
+        runs / "uniform",
+        epochs=epochs,
+        progress=False,
+        model=uniform_model,
+        overwrite=True,
     )
     t_uni_train = time.perf_counter() - t0
     uni = load_model(

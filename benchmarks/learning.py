@@ -115,6 +115,8 @@ ABLATION_ROWS = {
     "strata": ("- appearance strata (uniform exploration)", {"train": {"explore_strata": 0}}),
     "anneal": ("- N annealing (n_patches_start 0)", {"train": {"n_patches_start": 0}}),
     "cv": ('- control variate ("none")', {"train": {"control_variate": "none"}}),
+    "rarity2": ("explore_rarity 2 (rarest strata favoured)", {"train": {"explore_rarity": 2.0}}),
+    "rarity3": ("explore_rarity 3", {"train": {"explore_rarity": 3.0}}),
     "lr": ("- own attention lr (attention_lr = lr)", {"train": {"attention_lr": 1e-3}}),
     "normalize": ("- feature normalisation", {"features": {"normalize": False}}),
     "plain": ("plain (every remedy off)", PLAIN),
@@ -158,7 +160,7 @@ def trained(
             return RunSummary(**json.loads(summary.read_text()))
     summary = run_dir / "summary.json"
     t0 = time.perf_counter()
-    result = train(manifest, config, run_dir, progress=False, model=model)
+    result = train(manifest, config, run_dir, progress=False, model=model, overwrite=True)
     out = RunSummary(
         str(result.model_path), result.best_val_auc, result.best_epoch, time.perf_counter() - t0
     )
