@@ -94,6 +94,14 @@ PLAIN = {
     },
 }  # fmt: skip
 
+#: the defaults before the contrast strata (found on the scored standard cohort, 10 epochs)
+PREVIOUS = {
+    "train": {
+        "attention_lr": 3e-4, "distill_coef": 1.0, "explore": 0.9, "explore_epochs": 8,
+        "explore_rarity": 1.0, "explore_context": 0,
+    },
+}  # fmt: skip
+
 #: main table: row name -> overrides of the pipeline (None: a row that is not a plain train())
 MAIN_ROWS = {
     "1. default remedies, no prior": {},
@@ -112,13 +120,16 @@ ABLATION_ROWS = {
     "distill": ("- attention distillation (distill_coef 0)", {"train": {"distill_coef": 0.0}}),
     "odds": ('- distillation "odds", not "distribution"', {"train": {"distill": "odds"}}),
     "explore": ("- exploration (explore 0)", {"train": {"explore": 0.0}}),
+    "decay": ("exploration decaying to 0 over 8 epochs", {"train": {"explore_epochs": 8}}),
     "strata": ("- appearance strata (uniform exploration)", {"train": {"explore_strata": 0}}),
+    "context": ("- contrast strata (explore_context 0)", {"train": {"explore_context": 0}}),
+    "rarity": ("- rare strata favoured (explore_rarity 1)", {"train": {"explore_rarity": 1.0}}),
     "anneal": ("- N annealing (n_patches_start 0)", {"train": {"n_patches_start": 0}}),
     "cv": ('- control variate ("none")', {"train": {"control_variate": "none"}}),
-    "rarity2": ("explore_rarity 2 (rarest strata favoured)", {"train": {"explore_rarity": 2.0}}),
-    "rarity3": ("explore_rarity 3", {"train": {"explore_rarity": 3.0}}),
-    "lr": ("- own attention lr (attention_lr = lr)", {"train": {"attention_lr": 1e-3}}),
+    "distill1": ("distillation weight 1 (not 10)", {"train": {"distill_coef": 1.0}}),
+    "lr": ("attention lr 3e-4 (not 1e-3)", {"train": {"attention_lr": 3e-4}}),
     "normalize": ("- feature normalisation", {"features": {"normalize": False}}),
+    "previous": ("previous defaults (first round)", PREVIOUS),
     "plain": ("plain (every remedy off)", PLAIN),
 }
 
@@ -393,9 +404,13 @@ def ablation_table(args: argparse.Namespace, config: PipelineConfig) -> list[str
     lines = preamble(args, config, manifest, splits)
     lines += [HEADER.replace("s/slide", "val AUC")]
     keys = args.rows or list(ABLATION_ROWS)
-    for name, overrides in (ABLATION_ROWS[k] for k in dict.fromkeys(["default", *keys, "plain"])):
-        ev, run, _ = sampling_row(name, manifest, merge(config, overrides), runs, test, boxes)
-        lines.append(row_line(name, ev, base, seconds=run.best_val_auc))
+    for seed in args.seeds or [config.train.seed]:
+        seeded = config.replace(train={"seed": seed})
+        for key in dict.fromkeys(["default", *keys, "plain"]):
+            name, overrides = ABLATION_ROWS[key]
+            name += f" (seed {seed})" if args.seeds else ""
+            ev, run, _ = sampling_row(name, manifest, merge(seeded, overrides), runs, test, boxes)
+            lines.append(row_line(name, ev, base, seconds=run.best_val_auc))
     lines += ["", f"uniform lesion share (exact): {100 * base:.3f}%"]
     return lines
 
@@ -413,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         help="cohort of the ablation (default: the development cohort)",
     )  # fmt: skip
     ap.add_argument("--epochs", type=int, help="training epochs (default: the pipeline's 10)")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+",
+        help="ablation: run every row with each of these training seeds (default: the pipeline's)",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--workers", type=int, default=2, help="processes writing a cohort")
     ap.add_argument(
@@ -433,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     kind = f"learning_ablation_{args.cohort}" if args.ablation else "learning"
     kind += f"_{args.epochs}epochs" if args.epochs else ""
+    kind += "_seeds" + "-".join(map(str, args.seeds)) if args.ablation and args.seeds else ""
     out = args.out or RESULTS / f"{kind}_{args.variant}.txt"
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text)
