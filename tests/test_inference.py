@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from slide_factory import write_pyramidal_tiff
 
-from wsi_ats.inference import predict_slide, write_slide_outputs
+from wsi_ats.inference import predict_slide, render_heatmap, write_slide_outputs
+from wsi_ats.inference.heatmap import COLORBAR_WIDTH, TITLE_HEIGHT
 from wsi_ats.models import PipelineConfig, build_model, save_checkpoint
 from wsi_ats.slides import SlideError, open_slide
 from wsi_ats.stages import (
@@ -136,8 +137,37 @@ def test_write_slide_outputs(slide_path: Path, model, tmp_path: Path) -> None:
     assert len(rows) == pred.n_draws * pred.n_patches
     assert int(rows[0]["x"]) == pred.locations[0, 0, 0] and int(rows[0]["w"]) == 32
     img = Image.open(folder / "heatmap.png")
-    assert img.format == "PNG" and max(img.size) == 1024
+    h, w = view.image.shape[:2]  # the map's longest side is 1024, plus title and colour bar
+    map_w, map_h = round(w * 1024 / max(h, w)), round(h * 1024 / max(h, w))
+    assert img.format == "PNG"
+    assert img.size == (map_w + COLORBAR_WIDTH, map_h + TITLE_HEIGHT)
     assert not list(folder.glob(".*.tmp"))
+
+
+def test_heatmap_has_a_title_and_a_colour_bar() -> None:
+    rng = np.random.default_rng(0)
+    image = np.full((300, 400, 3), 230, np.uint8)
+    attention = (rng.random((75, 100)) ** 8).astype(np.float32)
+    attention /= attention.sum()
+    plain = render_heatmap(image, attention, title=None, colorbar=False, max_side=800)
+    img = render_heatmap(image, attention, title="slide_0007 · p = 0.93", max_side=800)
+    assert plain.size == (800, 600)
+    assert img.size == (800 + COLORBAR_WIDTH, 600 + TITLE_HEIGHT)
+    px = np.asarray(img).astype(int)
+    # the map is kept pixel for pixel below the title strip
+    np.testing.assert_array_equal(px[TITLE_HEIGHT:, :800], np.asarray(plain))
+    # the title strip holds dark text on white
+    title = px[:TITLE_HEIGHT, :800]
+    assert (title.sum(-1) < 200).any() and (title == 255).all(-1).mean() > 0.8
+    # the colour bar: a vertical strip whose colours run from the ramp's low end to its high end
+    cols = np.flatnonzero(
+        (np.abs(np.diff(px[TITLE_HEIGHT:, 800:], axis=0)).sum(-1) > 0).sum(0) > 100
+    )
+    strip = px[TITLE_HEIGHT + 100 : -100, 800 + cols[len(cols) // 2]]
+    assert len(np.unique(strip, axis=0)) > 50
+    top, bottom = px[TITLE_HEIGHT + 80, 800 + cols[len(cols) // 2]], strip[-1]
+    assert top[0] > 200 and top[1] > 200  # yellow at the peak
+    assert bottom[2] > 100 and bottom[1] < 60  # dark blue-violet at the low end
 
 
 class MeanColour(torch.nn.Module):

@@ -22,7 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--draws", type=positive_int, help="draws of N tiles (default: the model's n_draws)"
     )
     p.add_argument("--seed", type=int, help="run seed (default: the model's predict.seed)")
-    p.add_argument("--size", type=positive_int, default=1024, help="longest side of the image, px")
+    p.add_argument(
+        "--size",
+        type=positive_int,
+        default=1024,
+        help="longest side of the map, px (title and colour bar are added around it)",
+    )
     p.set_defaults(func=run)
 
 

@@ -1,4 +1,5 @@
-"""Heatmaps: the attention map over the slide's thumbnail, sampled tiles outlined (PIL, PNG)."""
+"""Heatmaps: the attention map over the slide's thumbnail, sampled tiles outlined, with a title and
+a colour bar (PIL for the map, matplotlib for the annotations; PNG)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,15 @@ def render_heatmap(
     max_side: int = 1024,
     alpha: float = 0.6,
     decades: float = 3.0,
+    title: str | None = None,
+    colorbar: bool = True,
 ) -> Image.Image:
     """Thumbnail ``uint8[h, w, 3]`` blended with ``attention`` ``[mh, mw]`` (log scale: the peak
     and ``decades`` decades below it),
     with the tiles at level-0 ``locations`` ``[..., 2]`` (x, y) outlined; ``scale`` = (sy, sx)
-    level-0 pixels per thumbnail pixel. The result is enlarged so its longest side is ``max_side``.
+    level-0 pixels per thumbnail pixel. The map is enlarged so its longest side is ``max_side``;
+    ``title`` (a strip above it) and ``colorbar`` (a strip on its right, see :func:`annotate`)
+    make the image larger than the map.
     """
     h, w = image.shape[:2]
     zoom = max(1.0, max_side / max(h, w))
@@ -69,7 +74,64 @@ def render_heatmap(
                 [x0, y0, max(x0 + 2, x1), max(y0 + 2, y1)], outline=(0, 255, 255, 170), width=1
             )
         canvas = Image.alpha_composite(canvas.convert("RGBA"), overlay).convert("RGB")
-    return canvas
+    if title is None and not colorbar:
+        return canvas
+    return annotate(canvas, title, peak if colorbar else None, decades)
+
+
+#: pixels added above the map for the title and on its right for the colour bar
+TITLE_HEIGHT = 40
+COLORBAR_WIDTH = 130
+#: a smaller map is padded (white, centred) to this many pixels a side, so the annotations fit
+MIN_MAP_SIDE = 256
+_DPI = 100
+
+
+def annotate(
+    canvas: Image.Image, title: str | None, peak: float | None, decades: float = 3.0
+) -> Image.Image:
+    """``canvas`` with ``title`` in a strip of :data:`TITLE_HEIGHT` px above it and, when ``peak``
+    is given, a colour bar of :data:`COLORBAR_WIDTH` px on its right: the colours of
+    :func:`render_heatmap` on its log scale, from ``peak * 10**-decades`` (cells below it are not
+    coloured) to ``peak``, labelled as attention per cell (the map sums to 1) with that range. The
+    map's pixels are kept as they are (no resampling); a side under :data:`MIN_MAP_SIDE` px is
+    padded with white."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LinearSegmentedColormap, LogNorm, Normalize
+    from matplotlib.figure import Figure
+
+    if min(canvas.size) < MIN_MAP_SIDE:
+        padded = Image.new("RGB", tuple(max(v, MIN_MAP_SIDE) for v in canvas.size), "white")
+        padded.paste(
+            canvas, tuple((p - v) // 2 for p, v in zip(padded.size, canvas.size, strict=True))
+        )
+        canvas = padded
+    w, h = canvas.size
+    top = TITLE_HEIGHT if title else 0
+    right = COLORBAR_WIDTH if peak is not None else 0
+    width, height = w + right, h + top
+    fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, w / width, h / height))
+    ax.imshow(np.asarray(canvas), interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    if title:
+        fig.text(0.5, 1 - top / 2 / height, title, ha="center", va="center", fontsize=14)
+    if peak is not None:
+        cmap = LinearSegmentedColormap.from_list("wsi_ats_attention", _RAMP / 255.0)
+        norm = LogNorm(peak * 10.0**-decades, peak) if peak > 0 else Normalize(0.0, 1.0)
+        bar_h = max(1.0, min(h - 20.0, max(h * 0.8, 60.0)))
+        cax = fig.add_axes(((w + 12) / width, (h - bar_h) / 2 / height, 18 / width, bar_h / height))
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
+        label = "attention per cell (log scale)"
+        if peak > 0:
+            label += f"\nrange {peak * 10.0**-decades:.1e} to {peak:.1e}"
+        bar.set_label(label, fontsize=9)
+        bar.ax.tick_params(labelsize=9)
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
 
 
 #: image formats a heatmap can be written in, by file suffix
@@ -108,8 +170,14 @@ def save_png(img: Image.Image, path: str | Path) -> Path:
     return Path(path)
 
 
+def heatmap_title(prediction: SlidePrediction) -> str:
+    """``"<slide id> · p = 0.93"``: the heatmap's title."""
+    return f"{prediction.slide_id} · p = {prediction.probability:.2f}"
+
+
 def heatmap_of(prediction: SlidePrediction, view: SlideView, max_side: int = 1024) -> Image.Image:
-    """The heatmap of a :class:`SlidePrediction` over its :class:`SlideView`'s thumbnail."""
+    """The heatmap of a :class:`SlidePrediction` over its :class:`SlideView`'s thumbnail, titled
+    with :func:`heatmap_title`, with its colour bar; the map's longest side is ``max_side``."""
     return render_heatmap(
         view.image,
         prediction.attention,
@@ -117,4 +185,5 @@ def heatmap_of(prediction: SlidePrediction, view: SlideView, max_side: int = 102
         prediction.tile_size_level0,
         view.scale,
         max_side=max_side,
+        title=heatmap_title(prediction),
     )
