@@ -1,8 +1,9 @@
 """Cohort manifests: a CSV with columns ``slide_id,path[,label][,split]``, checked before any compute.
 
 Every problem is collected, with its line number in the CSV (the header is line 1), and raised together
-as one :class:`ManifestError`. Relative paths are resolved against the manifest's folder; URLs
-(``scheme://...``) are kept as they are and not checked here.
+as one :class:`ManifestError`. Relative paths are resolved against the manifest's folder. Remote URLs
+(``http``, ``https``, ``s3``, ``gs``) are kept as they are and not checked here; ``file://`` is a local
+path; any other ``scheme://`` is a problem of its line (:mod:`wsi_ats.slides.locations`).
 
 Missing or unreadable slide files are a special case: ``on_missing="error-row"`` (the default) keeps
 such a slide in the manifest with :attr:`SlideEntry.problem` set, so that the cohort run reports it as a
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from wsi_ats.slides.locations import is_url, local_path, location_problem
 
 from .paths import slide_dir_name
 
@@ -106,21 +109,18 @@ class Manifest:
         return Manifest(self.path, rows, self.columns)
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
 def resolve_slide_path(path: str, base: Path) -> str:
-    """``path`` as an absolute path (relative ones against ``base``), or unchanged if it is a URL."""
-    if _is_url(path):
+    """``path`` as an absolute path (relative ones against ``base``; ``file://`` prefix removed), or
+    unchanged if it is a remote URL."""
+    if is_url(path):
         return path
-    p = Path(path).expanduser()
+    p = Path(local_path(path)).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
 def path_problem(path: str) -> str | None:
     """Why the local slide at ``path`` cannot be read (missing, not readable), or None."""
-    if _is_url(path):
+    if is_url(path):
         return None
     p = Path(path)
     if not p.exists():
@@ -242,6 +242,9 @@ def load_manifest(
         problem = None
         if not raw_path:
             row_problems.append("empty path")
+            resolved = ""
+        elif (scheme_problem := location_problem(raw_path)) is not None:
+            row_problems.append(scheme_problem)
             resolved = ""
         else:
             resolved = resolve_slide_path(raw_path, base)

@@ -8,13 +8,9 @@ from typing import Any
 
 from .base import Slide
 from .errors import SlideOpenError
+from .locations import is_url, local_path, location_problem
 
 ZARR_MARKERS = (".zattrs", ".zgroup", "zarr.json")
-
-
-def is_url(path: str) -> bool:
-    """True for fsspec URLs such as ``http://``, ``s3://`` (``file://`` is a local path)."""
-    return "://" in path and not path.startswith("file://")
 
 
 def is_zarr_dir(path: Path) -> bool:
@@ -33,9 +29,12 @@ def open_slide(
     from .zarr_backend import OmeZarrSlide
 
     text = os.fspath(path_or_url)
+    problem = location_problem(text)
+    if problem is not None:
+        raise SlideOpenError(text, problem)
     if is_url(text):
         return OmeZarrSlide(text, storage_options)
-    path = Path(text.removeprefix("file://"))
+    path = Path(local_path(text))
     if not path.exists():
         raise SlideOpenError(text, "no such file or folder")
     if path.is_dir():

@@ -15,6 +15,7 @@ import zarr
 
 from .base import WHITE, PooledSlide, _as_locations, _as_size, _check_level, level_origin
 from .errors import SlideOpenError, SlideReadError, describe
+from .locations import is_url, local_path
 
 CHUNK_BUDGET_BYTES = 256 * 2**20  # decoded chunks held at once by one read_regions call
 HTTP_TIMEOUT_S = 60.0
@@ -213,11 +214,10 @@ def _open_group(path: str, storage_options: dict[str, Any] | None) -> zarr.Group
         import aiohttp
 
         opts["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)}
-    is_url = "://" in path and not path.startswith("file://")
     try:
-        if is_url:
+        if is_url(path):
             return zarr.open_group(path, mode="r", storage_options=opts)
-        return zarr.open_group(path.removeprefix("file://"), mode="r")
+        return zarr.open_group(local_path(path), mode="r")
     except Exception as exc:  # zarr/fsspec raise many types for missing or broken metadata
         raise SlideOpenError(path, f"not a readable zarr group ({describe(exc)})") from exc
 
