@@ -86,6 +86,10 @@ CASES = [
     (["convert", "{root}/gone.tiff", "{new}.zarr"], "gone.tiff"),
     (["demo", "--pipeline", "{root}/gone.toml", "--out", "{new}"], "gone.toml: no such pipeline"),
     (["synth", "{new}", "--n-slides", "0", "--size", "512"], "n_slides"),
+    (["export", "geojson", "{root}/gone"], "gone does not exist; give the --out folder of a"),
+    (["export", "geojson", "{empty_run}"], "empty_run has no predictions.csv"),
+    (["export", "geojson", "{a_file}"], "a_file is a file; give the --out folder"),
+    (["export", "geojson", "{root}", "--min-ratio", "2"], "must be in [0, 1]"),
 ]  # fmt: skip
 
 

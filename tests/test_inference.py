@@ -133,7 +133,10 @@ def test_write_slide_outputs(slide_path: Path, model, tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(folder / "attention.npy"), pred.attention)
     with (folder / "coords.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["draw", "rank", "x", "y", "w", "h"]
+    assert list(rows[0]) == ["draw", "rank", "x", "y", "w", "h", "cell", "attention"]
+    flat = pred.attention.reshape(-1)
+    assert float(rows[0]["attention"]) == pytest.approx(flat[int(rows[0]["cell"])])
+    assert record["low_size"] == list(view.image.shape[:2]) and record["receptive_field"] == 0
     assert len(rows) == pred.n_draws * pred.n_patches
     assert int(rows[0]["x"]) == pred.locations[0, 0, 0] and int(rows[0]["w"]) == 32
     img = Image.open(folder / "heatmap.png")

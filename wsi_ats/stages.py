@@ -98,6 +98,7 @@ class SlidePrediction:
     scale: tuple[float, float]  # (sy, sx) level-0 pixels per low-res pixel
     n_tiles_read: int = 0  # distinct tiles read from the slide (<= T * N)
     extra: dict = field(default_factory=dict)
+    cells: np.ndarray | None = None  # int64[T, N] sampled cells, index into flattened ``attention``
 
 
 # ------------------------------------------------------------------------------------------------
@@ -333,7 +334,11 @@ def aggregate_slide(
         tile_size_level0=sample.tile_size_level0,
         scale=sample.scale,
         n_tiles_read=n_read,
-        extra={"warnings": "; ".join(getattr(sample, "warnings", ()))},
+        extra={
+            "warnings": "; ".join(getattr(sample, "warnings", ())),
+            "receptive_field": int(cfg.sampling.receptive_field),
+        },
+        cells=np.asarray(sample.indices, dtype=np.int64),
     )
 
 

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "train": "wsi_ats.cli.train",
     "predict": "wsi_ats.cli.predict",
     "heatmap": "wsi_ats.cli.heatmap",
+    "export": "wsi_ats.cli.export",
 }
 
 

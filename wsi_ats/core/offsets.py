@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["cell_offsets"]
+__all__ = ["cell_boxes", "cell_offsets"]
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -49,10 +49,43 @@ def cell_offsets(
     """
     if indices.dim() != 2:
         raise ValueError(f"indices must be [B, n], got shape {tuple(indices.shape)}")
+    origin, step, cells = _cell_grid(indices, map_size, low_size, high_size, receptive_field)
+    ph, pw = _pair(patch_size, "patch_size")
+    patch = torch.tensor([ph, pw], dtype=origin.dtype, device=origin.device)
+    top_left = origin + cells * step + step / 2 - patch / 2
+    return torch.round(top_left).long()
+
+
+def cell_boxes(
+    indices: Tensor,
+    map_size: tuple[int, int],
+    low_size: tuple[int, int],
+    high_size: tuple[int, int] | Sequence[tuple[int, int]] | Tensor,
+    receptive_field: int | tuple[int, int] = 0,
+) -> Tensor:
+    """High-res extent ``(y0, x0, y1, x1)`` (float64 ``[B, n, 4]``, not rounded) of the attention
+    cells ``indices``: the rule of :func:`cell_offsets`, whose patches are centred on these boxes
+    (``y0 = receptive_field / 2 * s + idx * step``, ``y1 = y0 + step``; same for x). Arguments
+    as in :func:`cell_offsets`."""
+    if indices.dim() != 2:
+        raise ValueError(f"indices must be [B, n], got shape {tuple(indices.shape)}")
+    origin, step, cells = _cell_grid(indices, map_size, low_size, high_size, receptive_field)
+    start = origin + cells * step
+    return torch.cat((start, start + step), dim=-1)
+
+
+def _cell_grid(
+    indices: Tensor,
+    map_size: tuple[int, int],
+    low_size: tuple[int, int],
+    high_size: tuple[int, int] | Sequence[tuple[int, int]] | Tensor,
+    receptive_field: int | tuple[int, int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``origin [B, 1, 2]``, ``step [B, 1, 2]`` (high-res pixels, (y, x)) and the cells' ``(row,
+    col)`` ``[B, n, 2]``, float64: cell ``c`` spans ``origin + c * step`` to one step further."""
     device = indices.device
     dtype = torch.float64
     mh, mw = _pair(map_size, "map_size")
-    ph, pw = _pair(patch_size, "patch_size")
     rf = torch.tensor(_pair(receptive_field, "receptive_field"), dtype=dtype, device=device)
     low = torch.tensor(_pair(low_size, "low_size"), dtype=dtype, device=device)
     high = torch.as_tensor(high_size, dtype=dtype, device=device)
@@ -63,11 +96,4 @@ def cell_offsets(
     scale = high / low  # [B, 2]
     step = (low - rf) * scale / torch.tensor([mh, mw], dtype=dtype, device=device)  # [B, 2]
     cells = torch.stack((indices // mw, indices % mw), dim=-1).to(dtype)  # [B, n, 2]
-    patch = torch.tensor([ph, pw], dtype=dtype, device=device)
-    top_left = (
-        (rf / 2 * scale).unsqueeze(1)
-        + cells * step.unsqueeze(1)
-        + (step / 2).unsqueeze(1)
-        - patch / 2
-    )
-    return torch.round(top_left).long()
+    return (rf / 2 * scale).unsqueeze(1), step.unsqueeze(1), cells

@@ -2,7 +2,10 @@
 
 Layout under ``out_dir/slides/<safe id>/`` (see :func:`wsi_ats.cohort.paths.slide_dir`):
 ``attention.npy`` (float32 ``[mh, mw]``), ``coords.csv`` (one row per sampled tile: ``draw, rank, x,
-y, w, h`` in level-0 pixels), ``heatmap.png`` and ``prediction.json``.
+y, w, h`` in level-0 pixels, then ``cell``, its index into the row-major flattened attention map,
+and ``attention``, that cell's attention), ``heatmap.png`` and ``prediction.json`` (with the
+geometry that maps cells to level 0: ``scale``, ``low_size`` and ``receptive_field``, see
+:func:`wsi_ats.inference.export.cell_polygons`).
 """
 
 from __future__ import annotations
@@ -41,14 +44,19 @@ def prediction_record(prediction: SlidePrediction) -> dict[str, Any]:
 
 
 def coords_csv(prediction: SlidePrediction) -> str:
-    """``draw,rank,x,y,w,h`` rows (level-0 pixels) of every sampled tile."""
+    """``draw,rank,x,y,w,h,cell,attention`` rows of every sampled tile (``x, y, w, h`` in level-0
+    pixels; ``cell`` and ``attention`` empty when the prediction does not carry its cells)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["draw", "rank", "x", "y", "w", "h"])
+    writer.writerow(["draw", "rank", "x", "y", "w", "h", "cell", "attention"])
     w, h = prediction.tile_size_level0
+    flat = np.asarray(prediction.attention, dtype=np.float32).reshape(-1)
+    cells = prediction.cells
     for t, draw in enumerate(np.asarray(prediction.locations)):
         for i, (x, y) in enumerate(draw):
-            writer.writerow([t, i, int(x), int(y), w, h])
+            cell = "" if cells is None else int(cells[t, i])
+            att = "" if cells is None else repr(float(flat[cell]))
+            writer.writerow([t, i, int(x), int(y), w, h, cell, att])
     return buf.getvalue()
 
 
@@ -68,8 +76,10 @@ def write_slide_outputs(
     atomic_write_bytes(folder / "coords.csv", coords_csv(prediction).encode())
     if heatmap:
         save_png(heatmap_of(prediction, view), folder / "heatmap.png")
-    record = json.dumps(prediction_record(prediction), indent=2) + "\n"
-    atomic_write_bytes(folder / PREDICTION_FILE, record.encode())
+    record = prediction_record(prediction)
+    record["low_size"] = [int(v) for v in view.image.shape[:2]]  # (h, w) low-res pixels
+    text = json.dumps(record, indent=2) + "\n"
+    atomic_write_bytes(folder / PREDICTION_FILE, text.encode())
     return folder
 
 
