@@ -293,7 +293,8 @@ def _reference_gradients(
         att = torch.softmax(logits, dim=1)
         locs = cells_to_locations(drawn.indices, map_size, view, cfg)[0]
         size = (cfg.slide.patch_size, cfg.slide.patch_size)
-        tiles = read_tiles(store.handle(view.path), locs, view.read_level, size)
+        with store.slides.lease(view.path) as handle:
+            tiles = read_tiles(handle, locs, view.read_level, size)
         feats = model.features(torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255)
         cv = "loo" if tc.control_variate == "loo" else "none"
         use_baseline = running if tc.control_variate != "none" else None

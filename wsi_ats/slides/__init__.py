@@ -4,6 +4,7 @@ masks, conversion to OME-Zarr and the core's ``PatchSource`` over slides."""
 from __future__ import annotations
 
 from .base import Slide
+from .cache import SlideCache
 from .convert import convert_to_ome_zarr
 from .errors import SlideError, SlideOpenError, SlideReadError
 from .lowres import LowResView, low_res_view
@@ -18,6 +19,7 @@ __all__ = [
     "OmeZarrSlide",
     "OpenSlideSlide",
     "Slide",
+    "SlideCache",
     "SlideError",
     "SlideOpenError",
     "SlidePatchSource",

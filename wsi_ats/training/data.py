@@ -20,7 +20,7 @@ from wsi_ats.cohort.manifest import load_manifest
 from wsi_ats.core import AppearanceStrata, fit_appearance_strata
 from wsi_ats.models import PipelineConfig
 from wsi_ats.models.data_range import DataRange, mean_mpp
-from wsi_ats.slides import Slide, open_slide
+from wsi_ats.slides import SlideCache
 from wsi_ats.stages import (
     SlideView,
     appearance_exploration,
@@ -73,32 +73,34 @@ def split_cohort(
     return [s for s in train if s.slide_id not in held], [s for s in train if s.slide_id in held]
 
 
+#: slides a :class:`SlideStore` keeps open at most (least recently used ones are closed)
+MAX_OPEN_SLIDES = 16
+
+
 class SlideStore:
     """Open slide handles and cached low-res views of a run, plus the background reader pool.
 
     ``view(slide)`` computes a :class:`SlideView` once and keeps it; ``prefetch_views`` computes the
     views of upcoming slides in the pool; ``submit_tiles`` reads tiles in the pool and returns a
-    ``Future`` of ``uint8[n, h, w, 3]``. Backends are safe for concurrent reads.
+    ``Future`` of ``uint8[n, h, w, 3]``. Backends are safe for concurrent reads. At most
+    ``max_open`` slides are open at once (:class:`~wsi_ats.slides.SlideCache`), whatever the cohort's
+    size, so open files and reading threads stay bounded.
     """
 
-    def __init__(self, config: PipelineConfig, workers: int) -> None:
+    def __init__(
+        self, config: PipelineConfig, workers: int, max_open: int = MAX_OPEN_SLIDES
+    ) -> None:
         self.config = config
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-ats-read")
         self._lock = threading.Lock()
-        self._handles: dict[str, Slide] = {}
+        self.slides = SlideCache(max(max_open, workers))
         self._views: dict[str, Future[SlideView]] = {}
         self._exploration: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
         self.strata: AppearanceStrata | None = None
 
-    def handle(self, path: str) -> Slide:
-        with self._lock:
-            slide = self._handles.get(path)
-            if slide is None:
-                slide = self._handles[path] = open_slide(path)
-            return slide
-
     def _compute_view(self, slide: LabelledSlide) -> SlideView:
-        return view_of(self.handle(slide.path), self.config, slide.slide_id)
+        with self.slides.lease(slide.path) as handle:
+            return view_of(handle, self.config, slide.slide_id)
 
     def _view_future(self, slide: LabelledSlide) -> Future[SlideView]:
         with self._lock:
@@ -158,14 +160,17 @@ class SlideStore:
         self, path: str, locations: np.ndarray, level: int, size: tuple[int, int]
     ) -> Future[np.ndarray]:
         """Read tiles at level-0 ``locations`` ``[n, 2]`` (x, y) in the background."""
-        return self.pool.submit(lambda: read_tiles(self.handle(path), locations, level, size))
+        return self.pool.submit(self._read_tiles, path, locations, level, size)
+
+    def _read_tiles(
+        self, path: str, locations: np.ndarray, level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        with self.slides.lease(path) as handle:
+            return read_tiles(handle, locations, level, size)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            for slide in self._handles.values():
-                slide.close()
-            self._handles.clear()
+        self.slides.close()
 
     def __enter__(self) -> SlideStore:
         return self
