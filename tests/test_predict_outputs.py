@@ -60,8 +60,12 @@ def test_predictions_keep_label_split_and_warn_outside_the_range(
 ) -> None:
     assert _predict(cohort, scheduler, tmp_path / "out", "--model", str(cohort["model"])) == 0
     df = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
-    assert list(df.columns)[-3:] == ["warnings", "label", "split"]
+    assert list(df.columns)[-6:] == ["warnings", "ci_low", "ci_high", "n_draws", "label", "split"]
     by_id = df.set_index("slide_id")
+    for i in range(8):  # the model's 2 draws per slide, and a 95% interval around the probability
+        row = by_id.loc[f"s{i}"]
+        assert int(row["n_draws"]) == 2
+        assert float(row["ci_low"]) <= float(row["probability"]) <= float(row["ci_high"])
     assert by_id.loc["s1", "label"] == 1 and by_id.loc["s6", "split"] == "test"
     assert all(by_id.loc[f"s{i}", "warnings"] == "" for i in range(8))
     assert "slide 12x12 px is smaller than one tile (16x16 px)" in by_id.loc["tiny", "warnings"]
@@ -141,3 +145,31 @@ def test_heatmap_writes_the_format_of_its_suffix(cohort: dict[str, Path], tmp_pa
         )
         with Image.open(out) as img:
             assert img.format == fmt
+
+
+def test_target_halfwidth_adds_draws_up_to_max_draws(
+    cohort: dict[str, Path], scheduler: str, tmp_path: Path
+) -> None:
+    """``--target-halfwidth`` on the cluster: an unreachable W stops every slide at ``--max-draws``
+    (rounds of ``--n-draws``, the last cut), with the values ``predict_slide`` gives."""
+    from wsi_ats.inference import predict_slide
+    from wsi_ats.models import load_model
+
+    out = tmp_path / "out"
+    extra = ["--model", str(cohort["model"]), "--split", "test", "--n-draws", "2", "--seed", "3"]
+    assert _predict(cohort, scheduler, out, *extra, "--target-halfwidth", "1e-12",
+                    "--max-draws", "5") == 0  # fmt: skip
+    df = pd.read_csv(out / "predictions.csv")
+    assert list(df["n_draws"]) == [5, 5]
+    model = load_model(cohort["model"])
+    for row in df.itertuples():
+        path = cohort["root"] / "cohort" / f"{row.slide_id}.tiff"
+        ref = predict_slide(
+            path, model, n_draws=2, seed=3, slide_id=row.slide_id, target_halfwidth=1e-12,
+            max_draws=5,
+        )  # fmt: skip
+        assert ref.n_draws == 5
+        assert (row.probability, row.ci_low, row.ci_high) == pytest.approx(
+            (ref.probability, ref.ci_low, ref.ci_high), abs=1e-6
+        )
+        assert row.ci_low < row.probability < row.ci_high

@@ -17,7 +17,9 @@ Coordinates: ``locations`` are level-0 ``(x, y)`` top-left corners (OpenSlide or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,7 @@ from wsi_ats.core import (
     mask_to_map,
     stratified_proposal,
 )
+from wsi_ats.intervals import probability_interval
 from wsi_ats.models import PipelineConfig, SlideClassifier
 from wsi_ats.models.data_range import slide_warnings
 from wsi_ats.slides import Slide, SlideReadError, open_slide
@@ -86,7 +89,7 @@ class SlidePrediction:
     """A slide-level prediction: mean over ``n_draws`` draws of ``n_patches`` tiles, and its spread."""
 
     slide_id: str
-    probability: float  # mean over draws of the positive-class probability
+    probability: float  # sigmoid of the mean per-draw logit (see wsi_ats.intervals)
     prediction: int  # probability >= threshold
     std: float  # standard deviation of the per-draw probabilities (0 when n_draws == 1)
     n_patches: int  # N tiles per draw
@@ -99,6 +102,9 @@ class SlidePrediction:
     n_tiles_read: int = 0  # distinct tiles read from the slide (<= T * N)
     extra: dict = field(default_factory=dict)
     cells: np.ndarray | None = None  # int64[T, N] sampled cells, index into flattened ``attention``
+    ci_low: float = math.nan  # 95% interval for the exact (dense) probability; NaN when T == 1
+    ci_high: float = math.nan
+    draw_logits: np.ndarray | None = None  # float64[T] per-draw slide logits
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,12 +219,17 @@ def effective_replace(attention: torch.Tensor, n: int, replace: bool) -> bool:
 
 
 def sample_slide(
-    view: SlideView, model: SlideClassifier, n_draws: int | None = None, seed: int | None = None
+    view: SlideView,
+    model: SlideClassifier,
+    n_draws: int | None = None,
+    seed: int | None = None,
+    round_index: int = 0,
 ) -> SlideSample:
     """Attention map of ``view`` and ``n_draws`` independent draws of ``N`` cells from it.
 
     ``seed`` is the run seed (default ``config.predict.seed``); the generator is seeded with
     :func:`slide_seed` ``(seed, view.slide_id)``, so the draws depend only on the seed and the slide.
+    ``round_index > 0`` gives further, independent rounds of draws (adaptive prediction).
     """
     cfg = model.config
     n_draws = cfg.predict.n_draws if n_draws is None else int(n_draws)
@@ -233,7 +244,8 @@ def sample_slide(
     map_size = (int(att.shape[1]), int(att.shape[2]))
     replace = effective_replace(att, n, cfg.sampling.replace)
     gen = torch.Generator(device=device)
-    gen.manual_seed(slide_seed(seed, view.slide_id))
+    key = view.slide_id if round_index == 0 else f"{view.slide_id}\x00round {int(round_index)}"
+    gen.manual_seed(slide_seed(seed, key))
     flat = att.reshape(1, -1).expand(n_draws, -1).contiguous()
     drawn = draw(flat, n, replace, gen)
     indices, sampled = drawn.indices, drawn.proposal  # the proposal is the attention itself
@@ -307,7 +319,8 @@ def tile_features(
 def aggregate_slide(
     model: SlideClassifier, sample: SlideSample, features: np.ndarray
 ) -> SlidePrediction:
-    """Expectation per draw -> head -> probabilities ``[T]`` -> mean and std."""
+    """Expectation per draw -> head -> logits ``[T]`` -> probability ``sigmoid(mean logit)``, its
+    95% interval (:func:`wsi_ats.intervals.probability_interval`) and the per-draw spread."""
     cfg = model.config
     t, n = sample.indices.shape
     device = model.device
@@ -317,9 +330,9 @@ def aggregate_slide(
     attention = torch.as_tensor(sample.attention, dtype=torch.float32, device=device)
     with torch.no_grad(), eval_mode(model):
         pooled = estimate(attention.reshape(1, -1).expand(t, -1), drawn, f)
-        probs = torch.sigmoid(model.classify(pooled)).float().cpu()
-    probs_np = probs.numpy().astype(np.float32)
-    p = float(probs_np.mean())
+        logits = model.classify(pooled).double().cpu()
+    probs_np = torch.sigmoid(logits).numpy().astype(np.float32)
+    p, ci_low, ci_high = probability_interval(logits.numpy())
     n_read = len(np.unique(sample.locations.reshape(-1, 2), axis=0))
     return SlidePrediction(
         slide_id=sample.slide_id,
@@ -339,6 +352,21 @@ def aggregate_slide(
             "receptive_field": int(cfg.sampling.receptive_field),
         },
         cells=np.asarray(sample.indices, dtype=np.int64),
+        ci_low=ci_low,
+        ci_high=ci_high,
+        draw_logits=logits.numpy(),
+    )
+
+
+def concat_samples(samples: list[SlideSample]) -> SlideSample:
+    """One :class:`SlideSample` holding the draws of several rounds of the same slide, in order."""
+    first = samples[0]
+    return dataclasses.replace(
+        first,
+        indices=np.concatenate([s.indices for s in samples]),
+        sampled_attention=np.concatenate([s.sampled_attention for s in samples]),
+        locations=np.concatenate([s.locations for s in samples]),
+        replace=first.replace,
     )
 
 

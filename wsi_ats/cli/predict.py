@@ -76,6 +76,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--n-draws", type=positive_int, default=None, help="draws per slide (default: the model's)"
     )
+    p.add_argument(
+        "--target-halfwidth",
+        type=float,
+        default=None,
+        metavar="W",
+        help="keep drawing rounds of --n-draws per slide until the probability's 95%% interval "
+        "(ci_low, ci_high) has a half-width below W, or --max-draws are used (default: one "
+        "round, no target)",
+    )
+    p.add_argument(
+        "--max-draws",
+        type=positive_int,
+        default=64,
+        help="with --target-halfwidth: at most this many draws per slide (default 64)",
+    )
     p.add_argument("--seed", type=int, default=None, help="run seed (default: the model's)")
     p.add_argument("--retries", type=int, default=2, help="retries of a failed task")
     p.add_argument(
@@ -123,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
         load_model(args.model)  # a readable checkpoint whose weights fit its architecture
         preflight(
             args.model, args.out, n_draws=args.n_draws, seed=args.seed,
-            save_features=args.save_features,
+            save_features=args.save_features, target_halfwidth=args.target_halfwidth,
+            max_draws=args.max_draws,
         )  # fmt: skip
     except (ManifestError, CheckpointError, RunSettingsError) as exc:
         return fail("predict", exc)
@@ -171,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
                 retries=args.retries,
                 progress=on_progress,
                 save_features=args.save_features,
+                target_halfwidth=args.target_halfwidth,
+                max_draws=args.max_draws,
             )
     except (CheckpointError, RunSettingsError) as exc:
         return fail("predict", exc)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,20 @@ def prediction_record(prediction: SlidePrediction) -> dict[str, Any]:
         "std": float(prediction.std),
         "n_patches": int(prediction.n_patches),
         "n_draws": int(prediction.n_draws),
+        "ci_low": _finite_or_none(prediction.ci_low),
+        "ci_high": _finite_or_none(prediction.ci_high),
         "n_tiles_read": int(prediction.n_tiles_read),
         "draw_probabilities": [float(p) for p in prediction.draw_probabilities],
         "tile_size_level0": [int(v) for v in prediction.tile_size_level0],
         "scale": [float(v) for v in prediction.scale],
         **{k: v for k, v in prediction.extra.items() if isinstance(v, (str, int, float, bool))},
     }
+
+
+def _finite_or_none(value: float) -> float | None:
+    """``value`` as a float, or ``None`` (JSON ``null``) when it is NaN or infinite."""
+    v = float(value)
+    return v if math.isfinite(v) else None
 
 
 def coords_csv(prediction: SlidePrediction) -> str:

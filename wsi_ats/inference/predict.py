@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_ats.inference.adaptive import MAX_DRAWS, draw_until
 from wsi_ats.models import SlideClassifier, load_model
 from wsi_ats.slides import Slide, open_slide
 from wsi_ats.stages import (
@@ -28,6 +29,8 @@ def predict_slide(
     seed: int | None = None,
     slide_id: str | None = None,
     return_view: bool = False,
+    target_halfwidth: float | None = None,
+    max_draws: int = MAX_DRAWS,
 ) -> SlidePrediction | tuple[SlidePrediction, SlideView]:
     """Predict one slide by attention sampling.
 
@@ -40,6 +43,9 @@ def predict_slide(
             only, so the result is reproducible and independent of batching or order.
         slide_id: id used for seeding and outputs (default: the file name without extension).
         return_view: also return the :class:`SlideView` (for heatmaps and outputs).
+        target_halfwidth: keep drawing rounds of ``n_draws`` until the 95% interval of the
+            probability (``ci_low, ci_high``, see :mod:`wsi_ats.intervals`) has a half-width below
+            it, or ``max_draws`` draws are used (:func:`~wsi_ats.inference.adaptive.draw_until`).
 
     Only ``n_draws * N`` tiles (fewer when draws repeat) are read from the slide's high-res level.
     """
@@ -48,15 +54,33 @@ def predict_slide(
     if isinstance(slide_or_path, Slide):
         slide = slide_or_path
         view = view_of(slide, model.config, slide_id or Path(str(slide.path)).stem)
-        smp = sample_slide(view, model, n_draws, seed)
-        feats = unique_tile_features(model, smp, slide)
+        smp, feats = _sample_and_features(
+            model, view, slide, n_draws, seed, target_halfwidth, max_draws
+        )
     else:
         view = view_slide(slide_or_path, model.config, slide_id)
-        smp = sample_slide(view, model, n_draws, seed)
-        with open_slide(smp.path) as slide:
-            feats = unique_tile_features(model, smp, slide)
+        with open_slide(view.path) as slide:
+            smp, feats = _sample_and_features(
+                model, view, slide, n_draws, seed, target_halfwidth, max_draws
+            )
     pred = aggregate_slide(model, smp, feats)
     return (pred, view) if return_view else pred
+
+
+def _sample_and_features(
+    model: SlideClassifier,
+    view: SlideView,
+    slide: Slide,
+    n_draws: int | None,
+    seed: int | None,
+    target_halfwidth: float | None,
+    max_draws: int,
+) -> tuple[SlideSample, np.ndarray]:
+    smp = sample_slide(view, model, n_draws, seed)
+    feats = unique_tile_features(model, smp, slide)
+    if target_halfwidth is not None:
+        smp, feats = draw_until(model, view, smp, feats, slide, target_halfwidth, max_draws, seed)
+    return smp, feats
 
 
 def unique_tile_features(model: SlideClassifier, smp: SlideSample, slide: Slide) -> np.ndarray:

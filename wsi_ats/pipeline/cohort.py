@@ -23,6 +23,7 @@ import pandas as pd
 from distributed import Client, Future, as_completed
 
 from wsi_ats.cohort.manifest import Manifest, OnMissing, SlideEntry, load_manifest
+from wsi_ats.inference.adaptive import MAX_DRAWS
 from wsi_ats.pipeline.cluster import open_client, total_threads, workers_have_gpu
 from wsi_ats.pipeline.graph import RunParams, SlideTasks, submit_batch, submit_slide
 from wsi_ats.pipeline.state import (
@@ -93,14 +94,27 @@ def model_reference(path: str | Path) -> tuple[ModelRef, str, Any]:
 
 
 def run_settings(
-    model_token: str, config: Any, n_draws: int | None, seed: int | None, save_features: bool
+    model_token: str,
+    config: Any,
+    n_draws: int | None,
+    seed: int | None,
+    save_features: bool,
+    target_halfwidth: float | None = None,
+    max_draws: int = MAX_DRAWS,
 ) -> dict[str, Any]:
     """What ``run.json`` records of a run (the model's ``[predict]`` values fill the gaps)."""
+    draws = int(n_draws if n_draws is not None else config.predict.n_draws)
+    if target_halfwidth is not None and not target_halfwidth > 0:
+        raise RunSettingsError(f"--target-halfwidth must be > 0, got {target_halfwidth}")
+    if target_halfwidth is not None and max_draws < draws:
+        raise RunSettingsError(f"--max-draws ({max_draws}) is below --n-draws ({draws})")
     return {
         "seed": int(seed if seed is not None else config.predict.seed),
-        "n_draws": int(n_draws if n_draws is not None else config.predict.n_draws),
+        "n_draws": draws,
         "model": model_token,
         "save_features": bool(save_features),
+        "target_halfwidth": None if target_halfwidth is None else float(target_halfwidth),
+        "max_draws": None if target_halfwidth is None else int(max_draws),
     }
 
 
@@ -119,12 +133,16 @@ def preflight(
     n_draws: int | None = None,
     seed: int | None = None,
     save_features: bool = False,
+    target_halfwidth: float | None = None,
+    max_draws: int = MAX_DRAWS,
 ) -> dict[str, Any]:
     """Every check of a run that needs no cluster: the checkpoint, the output folder and the
     settings of an earlier run into it. Returns the run's settings; writes nothing."""
     out = check_output_folder(out)
     _, token, config = model_reference(model)
-    settings = run_settings(token, config, n_draws, seed, save_features)
+    settings = run_settings(
+        token, config, n_draws, seed, save_features, target_halfwidth, max_draws
+    )
     _check_run_settings(out, settings)
     return settings
 
@@ -142,10 +160,11 @@ def _check_run_settings(out: Path, settings: dict[str, Any]) -> None:
         both_files = all(
             str(m).startswith("sha256:") for m in (old.get("model"), settings["model"])
         )
-        keys = ["seed", "n_draws", "save_features"] + (["model"] if both_files else [])
+        keys = ["seed", "n_draws", "save_features", "target_halfwidth", "max_draws"]
+        keys += ["model"] if both_files else []
         # (an in-memory model's token is not comparable across runs; runs from before
         # save_features existed did not save them)
-        defaults = {"save_features": False}
+        defaults = {"save_features": False, "target_halfwidth": None, "max_draws": None}
         diff = [k for k in keys if old.get(k, defaults.get(k)) != settings[k]]
         if diff:
             details = ", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in diff)
@@ -178,6 +197,8 @@ def predict_cohort(
     on_missing: OnMissing = "error-row",
     progress: Callable[[ProgressEvent], None] | None = None,
     save_features: bool = False,
+    target_halfwidth: float | None = None,
+    max_draws: int = MAX_DRAWS,
 ) -> pd.DataFrame:
     """Predict every slide of ``manifest`` into ``out``; returns the ``predictions.csv`` table.
 
@@ -187,7 +208,9 @@ def predict_cohort(
     seeds derive from ``(seed, slide_id)``. ``max_in_flight`` (default: 8 per worker thread, at least
     ``4 * batch_slides``) bounds the slides in the graph; ``batch_slides`` slides share one feature
     pass. ``save_features`` also writes each slide's sampled tile features (``features.npy``,
-    float32 ``[T*N, D]`` in ``coords.csv`` order), for cohort-level feature extraction. The
+    float32 ``[T*N, D]`` in ``coords.csv`` order), for cohort-level feature extraction.
+    ``target_halfwidth`` keeps drawing rounds of ``n_draws`` per slide until its probability's 95%
+    interval is narrower, or ``max_draws`` are used (:mod:`wsi_ats.intervals`). The
     manifest is validated first (:class:`~wsi_ats.cohort.manifest.ManifestError`).
 
     The returned frame has the columns of ``predictions.csv`` and ``attrs`` ``computed``, ``failed``
@@ -197,11 +220,16 @@ def predict_cohort(
         manifest = load_manifest(manifest, on_missing=on_missing)
     out = check_output_folder(out)
     if isinstance(model, str | Path):  # checked before any cluster starts or folder is made
-        preflight(model, out, n_draws=n_draws, seed=seed, save_features=save_features)
+        preflight(
+            model, out, n_draws=n_draws, seed=seed, save_features=save_features,
+            target_halfwidth=target_halfwidth, max_draws=max_draws,
+        )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     with _client_for(client) as c:
         model_arg, model_token, config = _model_param(model, c)
-        settings = run_settings(model_token, config, n_draws, seed, save_features)
+        settings = run_settings(
+            model_token, config, n_draws, seed, save_features, target_halfwidth, max_draws
+        )
         _check_run_settings(out, settings)
         atomic_write_json(out / RUN_FILE, settings)
         n_draws, seed = settings["n_draws"], settings["seed"]
@@ -215,6 +243,8 @@ def predict_cohort(
             retries=retries,
             gpu=workers_have_gpu(c),
             save_features=bool(save_features),
+            target_halfwidth=settings["target_halfwidth"],
+            max_draws=int(max_draws),
         )
         if max_in_flight is None:  # enough ready work to hide scheduling latency on each thread
             max_in_flight = max(4 * batch_slides, 8 * total_threads(c))

@@ -41,6 +41,8 @@ class RunParams:
     retries: int = 2
     gpu: bool = False
     save_features: bool = False
+    target_halfwidth: float | None = None  # adaptive draws (finish task), None = a single round
+    max_draws: int = 64
 
 
 @dataclass
@@ -83,6 +85,8 @@ def slide_key(stage: str, entry: SlideEntry, params: RunParams) -> str:
         params.model_token,
         params.out,
         params.save_features,
+        params.target_halfwidth,
+        params.max_draws,
     )
     return f"{stage}-{token}"
 
@@ -144,6 +148,9 @@ def submit_batch(client: Client, slides: list[SlideTasks], params: RunParams) ->
             index,
             params.out,
             params.save_features,
+            params.target_halfwidth,
+            params.max_draws,
+            params.seed,
             key=slide_key("finish", s.entry, params),
             priority=PRIORITY["finish"],
             retries=params.retries,

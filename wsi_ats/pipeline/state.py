@@ -26,6 +26,7 @@ PREDICTIONS_CSV = "predictions.csv"
 LOG_FILE = "pipeline-log.jsonl"
 COLUMNS = [
     "slide_id", "probability", "prediction", "std", "n_patches", "status", "error", "warnings",
+    "ci_low", "ci_high", "n_draws",
 ]  # fmt: skip
 #: columns copied from the manifest after :data:`COLUMNS`, when the manifest has them
 MANIFEST_COLUMNS = ["label", "split"]
@@ -85,6 +86,9 @@ def slide_row(out: str | Path, slide_id: str) -> dict[str, Any]:
             n_patches=pred.get("n_patches"),
             status="ok",
             warnings=str(pred.get("warnings") or ""),
+            ci_low=_number(pred.get("ci_low")),
+            ci_high=_number(pred.get("ci_high")),
+            n_draws=pred.get("n_draws"),
         )
         return row
     err = pred if pred is not None else _read_json(folder / ERROR_FILE)
@@ -100,6 +104,7 @@ def collect_predictions(out: str | Path, slide_ids: Iterable[str]) -> pd.DataFra
     df = pd.DataFrame([slide_row(out, s) for s in slide_ids], columns=COLUMNS)
     df["prediction"] = df["prediction"].astype("Int64")
     df["n_patches"] = df["n_patches"].astype("Int64")
+    df["n_draws"] = df["n_draws"].astype("Int64")
     return df
 
 

@@ -21,6 +21,7 @@ import torch
 from wsi_ats import stages
 from wsi_ats.atomic import atomic_write_bytes
 from wsi_ats.cohort.paths import slide_dir
+from wsi_ats.inference.adaptive import MAX_DRAWS, draw_until
 from wsi_ats.inference.outputs import write_slide_outputs
 from wsi_ats.pipeline.state import clear_error
 from wsi_ats.slides import open_slide
@@ -124,16 +125,30 @@ def finish_task(
     index: int,
     out: str,
     save_features: bool = False,
+    target_halfwidth: float | None = None,
+    max_draws: int = MAX_DRAWS,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Aggregate, predict and write the slide's outputs atomically; returns a small summary.
+
+    With ``target_halfwidth`` the first round of draws is extended here, round by round, until the
+    probability's 95% interval is narrower (:func:`~wsi_ats.inference.adaptive.draw_until`, run
+    ``seed``), reading the extra tiles itself.
 
     With ``save_features`` the slide's sampled tile features are kept too, as ``features.npy``
     (float32 ``[T*N, D]``, rows in the order of ``coords.csv``), before ``prediction.json``.
     """
-    pred = stages.aggregate_slide(resolve_model(model), sample, features[index])
+    m = resolve_model(model)
+    feats = features[index]
+    if target_halfwidth is not None:
+        with open_slide(sample.path) as slide:
+            sample, feats = draw_until(
+                m, view, sample, feats, slide, target_halfwidth, max_draws, seed
+            )
+    pred = stages.aggregate_slide(m, sample, feats)
     if save_features:
         buf = io.BytesIO()
-        np.save(buf, np.asarray(features[index], dtype=np.float32))
+        np.save(buf, np.asarray(feats, dtype=np.float32))
         atomic_write_bytes(slide_dir(out, pred.slide_id) / FEATURES_FILE, buf.getvalue())
     write_slide_outputs(pred, view, out)
     clear_error(out, pred.slide_id)

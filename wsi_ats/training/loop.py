@@ -131,7 +131,8 @@ def bce(labels: list[int], probs: list[float]) -> float:
 def evaluate(
     model: SlideClassifier, store: SlideStore, slides: list[LabelledSlide], n_draws: int, seed: int
 ) -> tuple[list[float], list[int]]:
-    """Mean probability over ``n_draws`` draws of every slide (reads of all slides submitted first)."""
+    """Probability (sigmoid of the mean logit) over ``n_draws`` draws of every slide (reads of all
+    slides submitted first)."""
     cfg = model.config
     samples = [sample_slide(store.view(s), model, n_draws, seed) for s in slides]
     futures = [
