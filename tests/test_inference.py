@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ from PIL import Image
 from slide_factory import write_pyramidal_tiff
 
 from wsi_ats.inference import predict_slide, render_heatmap, write_slide_outputs
-from wsi_ats.inference.heatmap import COLORBAR_WIDTH, TITLE_HEIGHT
+from wsi_ats.inference.heatmap import COLORBAR_WIDTH, TITLE_HEIGHT, heatmap_title
 from wsi_ats.models import PipelineConfig, build_model, save_checkpoint
 from wsi_ats.slides import SlideError, open_slide
 from wsi_ats.stages import (
+    SlidePrediction,
     aggregate_slide,
     cells_to_locations,
     read_slide_tiles,
@@ -145,6 +147,24 @@ def test_write_slide_outputs(slide_path: Path, model, tmp_path: Path) -> None:
     assert img.format == "PNG"
     assert img.size == (map_w + COLORBAR_WIDTH, map_h + TITLE_HEIGHT)
     assert not list(folder.glob(".*.tmp"))
+
+
+def test_heatmap_title_gives_the_interval_and_long_titles_fit_small_maps() -> None:
+    pred = SlidePrediction(
+        "slide_0007", 0.931, 1, 0.01, 16, 8, np.zeros(8, np.float32), np.ones((4, 4), np.float32),
+        np.zeros((8, 16, 2), np.int64), (64, 64), (8.0, 8.0), ci_low=0.904, ci_high=0.952,
+    )  # fmt: skip
+    assert heatmap_title(pred) == "slide_0007 · p = 0.93 (95% CI 0.90-0.95, 8 draws)"
+    one = replace(pred, n_draws=1, ci_low=math.nan, ci_high=math.nan)
+    assert heatmap_title(one) == "slide_0007 · p = 0.93"
+    attention = np.full((20, 20), 1 / 400, np.float32)
+    img = render_heatmap(
+        np.full((80, 80, 3), 230, np.uint8), attention, title=heatmap_title(pred), max_side=120
+    )
+    assert img.size == (256 + COLORBAR_WIDTH, 256 + TITLE_HEIGHT)  # padded to the minimum side
+    title = np.asarray(img).astype(int)[:TITLE_HEIGHT]
+    inked = np.flatnonzero((title.sum(-1) < 300).any(0))
+    assert inked.size and inked[0] > 0 and inked[-1] < title.shape[1] - 1  # not cut at the edges
 
 
 def test_heatmap_has_a_title_and_a_colour_bar() -> None:

@@ -3,6 +3,7 @@ a colour bar (PIL for the map, matplotlib for the annotations; PNG)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -117,7 +118,10 @@ def annotate(
     ax.imshow(np.asarray(canvas), interpolation="nearest", aspect="auto")
     ax.set_axis_off()
     if title:
-        fig.text(0.5, 1 - top / 2 / height, title, ha="center", va="center", fontsize=14)
+        text = fig.text(0.5, 1 - top / 2 / height, title, ha="center", va="center", fontsize=14)
+        wide = text.get_window_extent(fig.canvas.get_renderer()).width
+        if wide > width - 10:  # a long title on a small map: shrink it to fit
+            text.set_fontsize(14 * (width - 10) / wide)
     if peak is not None:
         cmap = LinearSegmentedColormap.from_list("wsi_ats_attention", _RAMP / 255.0)
         norm = LogNorm(peak * 10.0**-decades, peak) if peak > 0 else Normalize(0.0, 1.0)
@@ -171,8 +175,13 @@ def save_png(img: Image.Image, path: str | Path) -> Path:
 
 
 def heatmap_title(prediction: SlidePrediction) -> str:
-    """``"<slide id> · p = 0.93"``: the heatmap's title."""
-    return f"{prediction.slide_id} · p = {prediction.probability:.2f}"
+    """``"<slide id> · p = 0.93 (95% CI 0.90-0.95, 8 draws)"``: the heatmap's title (no interval
+    when it is undefined, e.g. a single draw)."""
+    text = f"{prediction.slide_id} · p = {prediction.probability:.2f}"
+    if math.isfinite(prediction.ci_low) and math.isfinite(prediction.ci_high):
+        text += f" (95% CI {prediction.ci_low:.2f}-{prediction.ci_high:.2f}, "
+        text += f"{prediction.n_draws} draws)"
+    return text
 
 
 def heatmap_of(prediction: SlidePrediction, view: SlideView, max_side: int = 1024) -> Image.Image:
