@@ -11,8 +11,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from wsi_ats.cli import build_parser
-from wsi_ats.cli.demo import DEMO_PIPELINE, PREDICTION_COLUMNS, demo, demo_config, format_table
+from wsi_ats.cli.demo import DEMO_COLUMNS, DEMO_PIPELINE, demo, demo_config, format_table
 from wsi_ats.models import PipelineConfig, load_model
+from wsi_ats.pipeline.state import COLUMNS
 from wsi_ats.stages import cells_to_locations, sample_slide, view_slide
 from wsi_ats.synth.lesions import lesion_boxes, tile_hits
 from wsi_ats.training import read_cohort
@@ -42,8 +43,11 @@ def test_demo_small(tmp_path: Path) -> None:
     assert result.model_path.exists() and (tmp_path / "demo" / "cohort" / "manifest.csv").exists()
     with result.predictions_csv.open() as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == PREDICTION_COLUMNS and len(rows) == result.n_test
+    assert list(rows[0]) == [*COLUMNS, *DEMO_COLUMNS] and len(rows) == result.n_test
     assert all(0.0 <= float(r["probability"]) <= 1.0 and r["status"] == "ok" for r in rows)
+    # the same columns as wsi-ats predict, interval included
+    assert all(float(r["ci_low"]) <= float(r["probability"]) <= float(r["ci_high"]) for r in rows)
+    assert all(int(r["n_draws"]) == cfg.predict.n_draws for r in rows)
     assert all(int(r["n_tiles_read"]) <= 2 * 8 for r in rows)
     assert len(result.heatmaps) == result.n_test and all(p.exists() for p in result.heatmaps)
     # the summary is computed from the predictions it reports

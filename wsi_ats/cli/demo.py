@@ -31,10 +31,8 @@ DEMO_PIPELINE = {
     "predict": {"n_draws": 8, "seed": 0, "tile_batch_size": 128, "threshold": 0.5},
 }  # fmt: skip
 SPLITS = (("train", 0.5), ("val", 0.15), ("test", 0.35))
-PREDICTION_COLUMNS = [
-    "slide_id", "probability", "prediction", "std", "n_patches", "status", "error", "warnings",
-    "label", "split", "n_tiles_read", "tissue_tiles", "seconds", "lesion_hits",
-]  # fmt: skip
+#: the columns of ``wsi-ats predict`` (``wsi_ats.pipeline.state.COLUMNS``), then the demo's own
+DEMO_COLUMNS = ["label", "split", "n_tiles_read", "tissue_tiles", "seconds", "lesion_hits"]
 
 
 @dataclass
@@ -86,6 +84,7 @@ def demo(
     from sklearn.metrics import roc_auc_score
 
     from wsi_ats.inference import predict_slide, write_slide_outputs
+    from wsi_ats.pipeline.state import COLUMNS, slide_row
     from wsi_ats.stages import tissue_tile_count
     from wsi_ats.synth import make_cohort
     from wsi_ats.synth.lesions import lesion_boxes, tile_hits
@@ -128,9 +127,7 @@ def demo(
             pred.locations, pred.tile_size_level0, boxes.get(s.slide_id, np.zeros((0, 4)))
         )
         rows.append({
-            "slide_id": s.slide_id, "probability": pred.probability, "prediction": pred.prediction,
-            "std": pred.std, "n_patches": pred.n_patches, "status": "ok", "error": "",
-            "warnings": pred.extra.get("warnings", ""), "label": s.label, "split": s.split,
+            **slide_row(pred_dir, s.slide_id), "label": s.label, "split": s.split,
             "n_tiles_read": pred.n_tiles_read,
             "tissue_tiles": round(tissue_tile_count(view, pred.tile_size_level0)),
             "seconds": seconds, "lesion_hits": int(hits.sum()),
@@ -139,7 +136,7 @@ def demo(
     pred_dir.mkdir(parents=True, exist_ok=True)
     csv_path = pred_dir / "predictions.csv"
     with csv_path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=PREDICTION_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=[*COLUMNS, *DEMO_COLUMNS])
         writer.writeheader()
         writer.writerows(rows)
 
