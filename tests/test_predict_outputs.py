@@ -147,6 +147,17 @@ def test_heatmap_writes_the_format_of_its_suffix(cohort: dict[str, Path], tmp_pa
             assert img.format == fmt
 
 
+def test_heatmap_target_halfwidth_draws_until_max_draws_and_prints_the_interval(
+    cohort: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    slide = cohort["root"] / "cohort" / "s1.tiff"
+    argv = ["heatmap", str(slide), "--model", str(cohort["model"]), "--out", str(tmp_path / "h.png"),
+            "--draws", "2", "--target-halfwidth", "1e-12", "--max-draws", "5"]  # fmt: skip
+    assert main(argv) == 0
+    line = capsys.readouterr().out
+    assert "(95% CI " in line and ", 5 draws of " in line, line
+
+
 def test_target_halfwidth_adds_draws_up_to_max_draws(
     cohort: dict[str, Path], scheduler: str, tmp_path: Path
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wsi_ats.cli.common import positive_int
+from wsi_ats.cli.common import positive_float, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +22,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--draws", type=positive_int, help="draws of N tiles (default: the model's n_draws)"
     )
     p.add_argument("--seed", type=int, help="run seed (default: the model's predict.seed)")
+    p.add_argument(
+        "--target-halfwidth",
+        type=positive_float,
+        default=None,
+        metavar="W",
+        help="keep drawing rounds of --draws until the probability's 95%% interval has a "
+        "half-width below W, or --max-draws are used (default: one round, no target)",
+    )
+    p.add_argument(
+        "--max-draws",
+        type=positive_int,
+        default=64,
+        help="with --target-halfwidth: at most this many draws (default 64)",
+    )
     p.add_argument(
         "--size",
         type=positive_int,
@@ -42,15 +56,17 @@ def run(args: argparse.Namespace) -> int:
         image_format(args.out)  # before any work: a folder or an unknown suffix is refused
         model = load_model(args.model)
         pred, view = predict_slide(
-            args.slide, model, n_draws=args.draws, seed=args.seed, return_view=True
-        )
+            args.slide, model, n_draws=args.draws, seed=args.seed, return_view=True,
+            target_halfwidth=args.target_halfwidth, max_draws=args.max_draws,
+        )  # fmt: skip
     except (CheckpointError, SlideError, ValueError) as exc:
         return fail("heatmap", exc)
     save_image(heatmap_of(pred, view, max_side=args.size), args.out)
     warnings = pred.extra.get("warnings")
     print(
-        f"{pred.slide_id}: probability {pred.probability:.3f} ± {pred.std:.3f} "
-        f"({pred.n_draws} draws of {pred.n_patches} tiles); heatmap: {args.out}"
+        f"{pred.slide_id}: probability {pred.probability:.3f} "
+        f"(95% CI {pred.ci_low:.3f}-{pred.ci_high:.3f}, {pred.n_draws} draws of "
+        f"{pred.n_patches} tiles); heatmap: {args.out}"
         + (f"; warning: {warnings}" if warnings else "")
     )
     return 0

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from wsi_ats.cli.common import positive_int
+from wsi_ats.cli.common import positive_float, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -78,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument(
         "--target-halfwidth",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="W",
         help="keep drawing rounds of --n-draws per slide until the probability's 95%% interval "
