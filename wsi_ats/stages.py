@@ -249,12 +249,7 @@ def sample_slide(
     flat = att.reshape(1, -1).expand(n_draws, -1).contiguous()
     drawn = draw(flat, n, replace, gen)
     indices, sampled = drawn.indices, drawn.proposal  # the proposal is the attention itself
-    p0 = round(cfg.slide.patch_size * view.read_downsample)
-    warnings = slide_warnings(
-        view.level0_size, view.mpp, (p0, p0), bool(view.mask.any()), int((att > 0).sum()), n,
-        getattr(model, "data_range", None),
-    )  # fmt: skip
-    return SlideSample(
+    smp = SlideSample(
         slide_id=view.slide_id,
         path=view.path,
         attention=att[0].float().cpu().numpy(),
@@ -266,8 +261,14 @@ def sample_slide(
         replace=replace,
         read_downsample=view.read_downsample,
         scale=view.scale,
-        warnings=tuple(warnings),
     )
+    smp.warnings = tuple(
+        slide_warnings(
+            view.level0_size, view.mpp, smp.tile_size_level0, bool(view.mask.any()),
+            int((att > 0).sum()), n, getattr(model, "data_range", None),
+        )
+    )  # fmt: skip
+    return smp
 
 
 def read_tiles(
@@ -279,6 +280,15 @@ def read_tiles(
     tiles = slide.read_regions(uniq, level, size)
     out = tiles[inverse.reshape(-1)]
     return out.reshape(*np.shape(locations)[:-1], *out.shape[1:])
+
+
+def unique_tile_features(model: SlideClassifier, smp: SlideSample, slide: Slide) -> np.ndarray:
+    """Features ``float32[T*N, D]`` of a sample's tiles, each distinct tile read and computed once
+    (equal to ``tile_features(model, read_slide_tiles(smp))``)."""
+    flat = smp.locations.reshape(-1, 2)
+    uniq, inverse = np.unique(flat, axis=0, return_inverse=True)
+    tiles = read_tiles(slide, uniq, smp.read_level, smp.tile_size)
+    return tile_features(model, tiles)[inverse.reshape(-1)]
 
 
 def read_slide_tiles(sample: SlideSample, slide: Slide | None = None) -> np.ndarray:
@@ -348,7 +358,7 @@ def aggregate_slide(
         scale=sample.scale,
         n_tiles_read=n_read,
         extra={
-            "warnings": "; ".join(getattr(sample, "warnings", ())),
+            "warnings": "; ".join(sample.warnings),
             "receptive_field": int(cfg.sampling.receptive_field),
         },
         cells=np.asarray(sample.indices, dtype=np.int64),
@@ -366,7 +376,6 @@ def concat_samples(samples: list[SlideSample]) -> SlideSample:
         indices=np.concatenate([s.indices for s in samples]),
         sampled_attention=np.concatenate([s.sampled_attention for s in samples]),
         locations=np.concatenate([s.locations for s in samples]),
-        replace=first.replace,
     )
 
 

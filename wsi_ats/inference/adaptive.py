@@ -12,9 +12,8 @@ from wsi_ats.stages import (
     SlideView,
     aggregate_slide,
     concat_samples,
-    read_tiles,
     sample_slide,
-    tile_features,
+    unique_tile_features,
 )
 
 MAX_DRAWS = 64  # default cap on the draws of one slide with a target half-width
@@ -52,11 +51,7 @@ def draw_until(
             break
         n = min(per_round, max_draws - total)
         smp = sample_slide(view, model, n, seed, round_index=len(samples))
-        flat = smp.locations.reshape(-1, 2)
-        uniq, inverse = np.unique(flat, axis=0, return_inverse=True)
-        tiles = read_tiles(slide, uniq, smp.read_level, smp.tile_size)
-        f = tile_features(model, tiles)[inverse.reshape(-1)]
-        del tiles
+        f = unique_tile_features(model, smp, slide)  # this round's tiles only, then dropped
         samples.append(smp)
         feats.append(f)
         logits.append(round_logits(model, smp, f))

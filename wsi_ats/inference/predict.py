@@ -14,9 +14,8 @@ from wsi_ats.stages import (
     SlideSample,
     SlideView,
     aggregate_slide,
-    read_tiles,
     sample_slide,
-    tile_features,
+    unique_tile_features,
     view_of,
     view_slide,
 )
@@ -81,12 +80,3 @@ def _sample_and_features(
     if target_halfwidth is not None:
         smp, feats = draw_until(model, view, smp, feats, slide, target_halfwidth, max_draws, seed)
     return smp, feats
-
-
-def unique_tile_features(model: SlideClassifier, smp: SlideSample, slide: Slide) -> np.ndarray:
-    """Features ``float32[T*N, D]`` of a sample's tiles, each distinct tile read and computed once
-    (equal to ``tile_features(model, read_slide_tiles(smp))``)."""
-    flat = smp.locations.reshape(-1, 2)
-    uniq, inverse = np.unique(flat, axis=0, return_inverse=True)
-    tiles = read_tiles(slide, uniq, smp.read_level, smp.tile_size)
-    return tile_features(model, tiles)[inverse.reshape(-1)]

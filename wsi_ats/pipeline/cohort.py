@@ -69,10 +69,8 @@ def _missing_error(entry: SlideEntry) -> str:
     return f"{kind}: {problem} (manifest line {entry.line})"
 
 
-def _model_param(model: Any, client: Client) -> tuple[Any, str, Any]:
-    """(task argument, token for keys and run.json, the model's config)."""
-    if isinstance(model, str | Path):
-        return model_reference(model)
+def _scattered_model(model: Any, client: Client) -> tuple[Any, str, Any]:
+    """(task argument, token for keys and run.json, the model's config) of an in-memory model."""
     future = client.scatter(model, broadcast=True, hash=False)
     return future, f"object:{future.key}", model.config
 
@@ -138,11 +136,16 @@ def preflight(
 ) -> dict[str, Any]:
     """Every check of a run that needs no cluster: the checkpoint, the output folder and the
     settings of an earlier run into it. Returns the run's settings; writes nothing."""
-    out = check_output_folder(out)
     _, token, config = model_reference(model)
-    settings = run_settings(
-        token, config, n_draws, seed, save_features, target_halfwidth, max_draws
-    )
+    return _checked_settings(
+        check_output_folder(out), token, config, n_draws, seed, save_features, target_halfwidth,
+        max_draws,
+    )  # fmt: skip
+
+
+def _checked_settings(out: Path, token: str, config: Any, *args: Any) -> dict[str, Any]:
+    """:func:`run_settings` ``(token, config, *args)``, refused when ``out`` holds another run's."""
+    settings = run_settings(token, config, *args)
     _check_run_settings(out, settings)
     return settings
 
@@ -219,18 +222,15 @@ def predict_cohort(
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, on_missing=on_missing)
     out = check_output_folder(out)
-    if isinstance(model, str | Path):  # checked before any cluster starts or folder is made
-        preflight(
-            model, out, n_draws=n_draws, seed=seed, save_features=save_features,
-            target_halfwidth=target_halfwidth, max_draws=max_draws,
-        )  # fmt: skip
+    run_args = (n_draws, seed, save_features, target_halfwidth, max_draws)
+    # a checkpoint is read (and hashed) once, and checked before any cluster starts or folder is made
+    reference = model_reference(model) if isinstance(model, str | Path) else None
+    if reference is not None:
+        _checked_settings(out, reference[1], reference[2], *run_args)
     out.mkdir(parents=True, exist_ok=True)
     with _client_for(client) as c:
-        model_arg, model_token, config = _model_param(model, c)
-        settings = run_settings(
-            model_token, config, n_draws, seed, save_features, target_halfwidth, max_draws
-        )
-        _check_run_settings(out, settings)
+        model_arg, model_token, config = reference or _scattered_model(model, c)
+        settings = _checked_settings(out, model_token, config, *run_args)
         atomic_write_json(out / RUN_FILE, settings)
         n_draws, seed = settings["n_draws"], settings["seed"]
         params = RunParams(
