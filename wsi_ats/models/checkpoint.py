@@ -98,7 +98,8 @@ def load_model(
 ) -> SlideClassifier:
     """The :class:`SlideClassifier` saved at ``path`` (a ``model.pt`` or the run folder), in eval mode.
 
-    When ``config`` is given, its architecture fields must equal the checkpoint's. Custom modules
+    When ``config`` is given, its architecture fields must equal the checkpoint's. The checkpoint
+    holds every weight, the feature network's too: ``features.weights`` is not read. Custom modules
     (``attention_net``...) replace the built-in ones before the weights are loaded. Raises
     :class:`CheckpointError` (a ``ValueError``) naming the file and the mismatching fields or weights.
     """
@@ -118,7 +119,7 @@ def load_model(
             raise CheckpointError(path, f"incompatible config: {details}")
         saved = config
     try:
-        model = SlideClassifier(saved, attention_net, feature_net, head)
+        model = SlideClassifier(saved, attention_net, feature_net, head, pretrained=False)
     except (ImportError, ValueError) as exc:
         raise CheckpointError(path, f"cannot build its model: {exc}") from None
     check_state_dict(path, model, ckpt["state_dict"])

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from wsi_ats.core import masked_logits, masked_softmax
+from wsi_ats.models.accel import run_feature_net
 from wsi_ats.models.attention import AttentionNet
 from wsi_ats.models.config import PipelineConfig
 from wsi_ats.models.data_range import DataRange
@@ -21,7 +22,8 @@ class SlideClassifier(nn.Module):
     - ``head``: aggregated feature ``[B, D]`` -> logits ``[B]``.
 
     Any ``nn.Module`` obeying these shapes may be passed in place of the built-in ones; the stages in
-    :mod:`wsi_ats.stages` and the training loop only use these three calls.
+    :mod:`wsi_ats.stages` and the training loop only use these three calls. ``pretrained``: load
+    ``features.weights`` into the backbone (a fresh model); ``False`` when a checkpoint follows.
     """
 
     def __init__(
@@ -30,11 +32,13 @@ class SlideClassifier(nn.Module):
         attention_net: nn.Module | None = None,
         feature_net: nn.Module | None = None,
         head: nn.Module | None = None,
+        pretrained: bool = True,
     ) -> None:
         super().__init__()
         self.config = config
         self.attention_net = attention_net or AttentionNet.from_config(config.attention)
-        self.feature_net = feature_net or build_feature_net(config.features)
+        # pretrained=False: the backbone's weights file is not read (a checkpoint holds them all)
+        self.feature_net = feature_net or build_feature_net(config.features, pretrained)
         self.head = head or ClassifierHead.from_config(config.features.dim, config.head)
         # tile-level classifier of the instance losses (training); its own weights, so that the
         # slide head's calibration and the tiles' evidence do not pull on each other
@@ -58,8 +62,9 @@ class SlideClassifier(nn.Module):
         return masked_softmax(self.attention_net(view), mask)
 
     def features(self, tiles: torch.Tensor) -> torch.Tensor:
-        """Tile features ``[n, D]`` of tiles ``[n, 3, p, p]`` in ``[0, 1]``."""
-        return self.feature_net(tiles)
+        """Tile features ``[n, D]`` of tiles ``[n, 3, p, p]`` in ``[0, 1]`` (float32; on CUDA run
+        in mixed precision and channels-last, see :mod:`wsi_ats.models.accel`)."""
+        return run_feature_net(self.feature_net, tiles)
 
     def instance_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Tile logits ``[n]`` of tile features ``[n, D]``: how much a tile looks like what only
@@ -71,10 +76,13 @@ class SlideClassifier(nn.Module):
         return self.head(aggregated)
 
 
-def build_model(config: PipelineConfig, seed: int | None = None) -> SlideClassifier:
-    """A freshly initialised :class:`SlideClassifier` for ``config`` (seeded when ``seed`` is given)."""
+def build_model(
+    config: PipelineConfig, seed: int | None = None, pretrained: bool = True
+) -> SlideClassifier:
+    """A freshly initialised :class:`SlideClassifier` for ``config`` (seeded when ``seed`` is given;
+    the backbone's ``features.weights`` loaded when ``pretrained``)."""
     if seed is None:
-        return SlideClassifier(config)
+        return SlideClassifier(config, pretrained=pretrained)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return SlideClassifier(config)
+        return SlideClassifier(config, pretrained=pretrained)

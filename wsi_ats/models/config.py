@@ -52,13 +52,17 @@ class FeatureConfig:
     """The feature network applied to high-res tiles (architecture: checked when loading)."""
 
     backbone: str = (
-        "compact"  # "compact" (built in) or "timm:<model name>" (needs timm, no weights)
+        "compact"  # "compact", "timm:<model name>" or "factory:<package.module>:<function>"
     )
     width: int = 16  # channels of the first convolution of the compact CNN (doubles per stage)
     dim: int = 32  # length D of a tile's feature vector
     normalize: bool = (
         True  # L2-normalise each feature vector (keeps the attention gradient bounded)
     )
+    weights: str = ""  # local weights file of the backbone (safetensors or state dict); "" = none
+    mean: tuple[float, ...] = ()  # per-channel input mean (RGB in [0, 1]); () = the backbone's own
+    std: tuple[float, ...] = ()  # per-channel input std; () = the backbone's own
+    freeze: str = "none"  # "none", "all", "<n>" (first n top-level modules), "a,b" (prefixes)
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,8 @@ CONTROL_VARIATES = ("none", "mean", "loo")
 
 #: sections whose fields decide the shapes of the weights (a checkpoint must match them)
 ARCHITECTURE_SECTIONS = ("attention", "features", "head")
+#: [features] fields a checkpoint need not match: its weights replace the pretrained ones
+NOT_ARCHITECTURE_FEATURES = ("weights", "freeze")
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,9 @@ class PipelineConfig:
             raise ConfigError("no such pipeline file", path) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", path) from None
+        features = data.get("features") if isinstance(data, dict) else None
+        if isinstance(features, dict) and isinstance(features.get("weights"), str):
+            features["weights"] = resolve_weights_path(features["weights"], path.parent)
         return cls.from_dict(data, path)
 
     # --- export -------------------------------------------------------------------------------
@@ -217,6 +226,8 @@ class PipelineConfig:
         data = self.to_dict()
         arch = {name: dict(data[name]) for name in ARCHITECTURE_SECTIONS}
         arch["head"].pop("dropout", None)  # no weights
+        for key in NOT_ARCHITECTURE_FEATURES:  # where weights start and what trains: not shapes
+            arch["features"].pop(key, None)
         return arch
 
     def architecture_diff(self, other: PipelineConfig) -> list[str]:
@@ -248,6 +259,15 @@ class PipelineConfig:
 def load_config(path: str | Path | None) -> PipelineConfig:
     """The config in ``path`` (TOML), or the defaults when ``path`` is ``None``."""
     return PipelineConfig() if path is None else PipelineConfig.from_toml(path)
+
+
+def resolve_weights_path(weights: str, folder: str | Path) -> str:
+    """``weights`` as an absolute path, a relative one taken against ``folder`` (the spec's);
+    ``""`` (no weights) stays ``""``."""
+    if not weights:
+        return weights
+    p = Path(weights).expanduser()
+    return str(p if p.is_absolute() else (Path(folder) / p).absolute())
 
 
 def _build_section(
@@ -283,6 +303,12 @@ def _coerce(name: str, value: Any, kind: type, path: str | Path | None) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, got {value!r}", path)
         return value
+    if kind is tuple:  # a list of numbers
+        if not isinstance(value, (list, tuple)) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) for v in value
+        ):
+            raise ConfigError(f"{name} must be a list of numbers, got {value!r}", path)
+        return tuple(float(v) for v in value)
     raise ConfigError(f"{name}: unsupported type {kind}", path)  # pragma: no cover
 
 
@@ -296,8 +322,21 @@ def _validate(cfg: PipelineConfig) -> None:
         (cfg.attention.prior >= 0, "attention.prior must be >= 0"),
         (cfg.attention.map_stride in (1, 2, 4, 8), "attention.map_stride must be 1, 2, 4 or 8"),
         (
-            cfg.features.backbone == "compact" or cfg.features.backbone.startswith("timm:"),
-            'features.backbone must be "compact" or "timm:<name>"',
+            cfg.features.backbone == "compact"
+            or (cfg.features.backbone.startswith("timm:") and len(cfg.features.backbone) > 5)
+            or _is_factory(cfg.features.backbone),
+            'features.backbone must be "compact", "timm:<name>" or '
+            '"factory:<package.module>:<function>"',
+        ),
+        (
+            len(cfg.features.mean) == len(cfg.features.std) and len(cfg.features.mean) in (0, 3),
+            "features.mean and features.std must both be 3 numbers (R, G, B) or both be empty",
+        ),
+        (all(s > 0 for s in cfg.features.std), "features.std must be > 0"),
+        (
+            _is_freeze(cfg.features.freeze),
+            'features.freeze must be "none", "all", a number of top-level modules ("2") or '
+            'comma-separated parameter-name prefixes ("stem,stages.0")',
         ),
         (cfg.features.width >= 1, "features.width must be >= 1"),
         (cfg.features.dim >= 1, "features.dim must be >= 1"),
@@ -348,3 +387,22 @@ def _validate(cfg: PipelineConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _is_factory(backbone: str) -> bool:
+    """``factory:<package.module>:<function>`` with non-empty dotted names."""
+    parts = backbone.split(":")
+    return (
+        len(parts) == 3
+        and parts[0] == "factory"
+        and all(p.isidentifier() for p in parts[1].split("."))
+        and parts[2].isidentifier()
+    )
+
+
+def _is_freeze(freeze: str) -> bool:
+    text = freeze.strip()
+    if text in ("none", "all") or (text.isdigit() and int(text) >= 1):
+        return True
+    prefixes = [p.strip() for p in text.split(",")]
+    return bool(text) and all(p and " " not in p for p in prefixes)
