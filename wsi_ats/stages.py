@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +41,12 @@ from wsi_ats.core import (
 )
 from wsi_ats.intervals import probability_interval
 from wsi_ats.models import PipelineConfig, SlideClassifier
+from wsi_ats.models.accel import host_to_device
 from wsi_ats.models.data_range import slide_warnings
 from wsi_ats.slides import Slide, SlideReadError, open_slide
 from wsi_ats.slides import low_res_view as _low_res_view
+from wsi_ats.slides.lowres import view_at_downsample
+from wsi_ats.slides.resolution import resolve_mpp, tile_geometry
 from wsi_ats.slides import tissue_mask as _tissue_mask
 
 
@@ -59,6 +63,9 @@ class SlideView:
     read_level: int  # pyramid level tiles are read at
     read_downsample: float  # level-0 pixels per pixel of ``read_level``
     mpp: tuple[float, float] | None = None  # microns per level-0 pixel (x, y)
+    read_size: int = 0  # tile side in read_level px (0: the spec's slide.patch_size)
+    tile_size: int = 0  # tile side the feature net gets (0 or read_size: no resize)
+    mpp_source: str = ""  # physical geometry: "slide", "manifest" or "assumed"
 
 
 @dataclass
@@ -77,6 +84,7 @@ class SlideSample:
     read_downsample: float = 1.0  # level-0 pixels per pixel of ``read_level``
     scale: tuple[float, float] = (1.0, 1.0)  # (sy, sx) level-0 pixels per low-res pixel
     warnings: tuple[str, ...] = ()  # why the prediction may not be trusted (see slide_warnings)
+    out_size: tuple[int, int] | None = None  # (w, h) tiles are resized to; None = tile_size
 
     @property
     def tile_size_level0(self) -> tuple[int, int]:
@@ -114,9 +122,14 @@ def slide_seed(seed: int, slide_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def view_of(slide: Slide, config: PipelineConfig, slide_id: str | None = None) -> SlideView:
-    """:class:`SlideView` of an open ``slide`` (the slide stays open)."""
+def view_of(
+    slide: Slide, config: PipelineConfig, slide_id: str | None = None, mpp: float | None = None
+) -> SlideView:
+    """:class:`SlideView` of an open ``slide`` (the slide stays open). ``mpp`` (um/px of level 0,
+    e.g. from the manifest) overrides the slide's own in physical geometry (``slide.tile_mpp``)."""
     path = str(getattr(slide, "path", ""))
+    if config.slide.physical:
+        return physical_view(slide, config, slide_id, mpp)
     level = config.slide.read_level
     if level >= slide.level_count:
         raise SlideReadError(
@@ -138,10 +151,47 @@ def view_of(slide: Slide, config: PipelineConfig, slide_id: str | None = None) -
     )
 
 
-def view_slide(path: str | Path, config: PipelineConfig, slide_id: str | None = None) -> SlideView:
-    """Open the slide at ``path``, compute its low-res view and tissue mask, close it."""
+def physical_view(
+    slide: Slide, config: PipelineConfig, slide_id: str | None = None, mpp: float | None = None
+) -> SlideView:
+    """:class:`SlideView` in physical geometry: tiles of ``slide.tile_size`` px at
+    ``slide.tile_mpp`` um/px, one attention cell per tile footprint (or ``lowres_mpp x map_stride``
+    um), the view built at exactly that cell grid (:func:`~wsi_ats.slides.resolution.tile_geometry`).
+    A slide without a plausible mpp raises ``SlideResolutionError`` unless ``mpp`` or
+    ``slide.assume_mpp`` says what to assume."""
+    path = str(getattr(slide, "path", ""))
+    sc = config.slide
+    um, source = resolve_mpp(path, slide.mpp, mpp, sc.assume_mpp)
+    geo = tile_geometry(
+        slide.dimensions, slide.level_downsamples, um, sc.tile_mpp, sc.tile_size,
+        config.attention.map_stride, sc.lowres_mpp, source,
+    )  # fmt: skip
+    lr = view_at_downsample(slide, geo.view_downsample, geo.view_shape)
+    image = np.ascontiguousarray(lr.image, dtype=np.uint8)
+    w0, h0 = slide.dimensions
+    return SlideView(
+        slide_id=slide_id if slide_id is not None else Path(path).stem,
+        path=path,
+        image=image,
+        mask=np.asarray(_tissue_mask(image), dtype=bool),
+        scale=(float(lr.scale[0]), float(lr.scale[1])),
+        level0_size=(int(h0), int(w0)),
+        read_level=geo.read_level,
+        read_downsample=geo.read_downsample,
+        mpp=(um, um),
+        read_size=geo.read_size,
+        tile_size=geo.tile_size,
+        mpp_source=source,
+    )
+
+
+def view_slide(
+    path: str | Path, config: PipelineConfig, slide_id: str | None = None, mpp: float | None = None
+) -> SlideView:
+    """Open the slide at ``path``, compute its low-res view and tissue mask, close it (``mpp``: as
+    in :func:`view_of`)."""
     with open_slide(path) as slide:
-        return view_of(slide, config, slide_id if slide_id is not None else Path(path).stem)
+        return view_of(slide, config, slide_id if slide_id is not None else Path(path).stem, mpp)
 
 
 def view_tensors(view: SlideView, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +206,7 @@ def cells_to_locations(
 ) -> np.ndarray:
     """Level-0 ``(x, y)`` top-left ``int64[..., n, 2]`` of the tiles centred on cells ``indices``."""
     flat = indices.reshape(-1, indices.shape[-1])
-    p = config.slide.patch_size
+    p = view.read_size or config.slide.patch_size
     low_h, low_w = view.image.shape[:2]
     sy, sx = view.scale
     # extent of the view in read-level pixels: a streamed view (ceil(h / k) pixels of k) may reach
@@ -256,30 +306,80 @@ def sample_slide(
         indices=indices.cpu().numpy().astype(np.int64),
         sampled_attention=sampled.float().cpu().numpy(),
         locations=cells_to_locations(indices, map_size, view, cfg),
-        tile_size=(cfg.slide.patch_size, cfg.slide.patch_size),
+        tile_size=view_tile_size(view, cfg),
         read_level=view.read_level,
         replace=replace,
         read_downsample=view.read_downsample,
         scale=view.scale,
+        out_size=view_out_size(view),
     )
     smp.warnings = tuple(
         slide_warnings(
             view.level0_size, view.mpp, smp.tile_size_level0, bool(view.mask.any()),
             int((att > 0).sum()), n, getattr(model, "data_range", None),
         )
-    )  # fmt: skip
+    ) + coverage_warnings(view, map_size, smp.tile_size_level0)  # fmt: skip
     return smp
 
 
+def view_tile_size(view: SlideView, config: PipelineConfig) -> tuple[int, int]:
+    """``(w, h)`` of a tile in pixels of ``view.read_level`` (what is read)."""
+    p = view.read_size or config.slide.patch_size
+    return (p, p)
+
+
+def view_out_size(view: SlideView) -> tuple[int, int] | None:
+    """``(w, h)`` tiles are resized to after reading, or None (used as read)."""
+    if view.tile_size and view.read_size and view.tile_size != view.read_size:
+        return (view.tile_size, view.tile_size)
+    return None
+
+
+def coverage_warnings(
+    view: SlideView, map_size: tuple[int, int], tile_size_level0: tuple[int, int]
+) -> tuple[str, ...]:
+    """A warning when the tiles cover less than half of their attention cells (pixel geometry on
+    a slide much larger than the spec's: the tissue between the tiles can never be sampled)."""
+    (low_h, low_w), (mh, mw) = view.image.shape[:2], map_size
+    cell_h, cell_w = low_h * view.scale[0] / mh, low_w * view.scale[1] / mw
+    tw, th = tile_size_level0
+    coverage = min(th / cell_h, 1.0) * min(tw / cell_w, 1.0)
+    if coverage >= 0.5:
+        return ()
+    return (
+        f"tiles cover {coverage:.1%} of their attention cells ({tw}x{th} of {cell_w:.0f}x"
+        f"{cell_h:.0f} level-0 px): most tissue can never be sampled; use slide.tile_mpp",
+    )
+
+
 def read_tiles(
-    slide: Slide, locations: np.ndarray, level: int, size: tuple[int, int]
+    slide: Slide,
+    locations: np.ndarray,
+    level: int,
+    size: tuple[int, int],
+    out_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """``uint8[..., h, w, 3]`` tiles at level-0 ``locations`` ``[..., 2]``, each distinct one read once."""
+    """``uint8[..., h, w, 3]`` tiles at level-0 ``locations`` ``[..., 2]``, each distinct one read once:
+    ``size = (w, h)`` pixels of ``level``, resized to ``out_size`` when given and different."""
     flat = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
     uniq, inverse = np.unique(flat, axis=0, return_inverse=True)
-    tiles = slide.read_regions(uniq, level, size)
+    tiles = resize_tiles(slide.read_regions(uniq, level, size), out_size)
     out = tiles[inverse.reshape(-1)]
     return out.reshape(*np.shape(locations)[:-1], *out.shape[1:])
+
+
+def resize_tiles(tiles: np.ndarray, out_size: tuple[int, int] | None) -> np.ndarray:
+    """``uint8[n, h, w, 3]`` resized to ``out_size = (w, h)`` (antialiased bilinear), or as given
+    when ``out_size`` is None or already their size."""
+    if out_size is None or tuple(tiles.shape[2:0:-1]) == tuple(out_size):
+        return tiles
+    from PIL import Image
+
+    w, h = (int(v) for v in out_size)
+    out = np.empty((len(tiles), h, w, 3), dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        out[i] = np.asarray(Image.fromarray(tile).resize((w, h), Image.Resampling.BILINEAR))
+    return out
 
 
 def unique_tile_features(model: SlideClassifier, smp: SlideSample, slide: Slide) -> np.ndarray:
@@ -287,26 +387,59 @@ def unique_tile_features(model: SlideClassifier, smp: SlideSample, slide: Slide)
     (equal to ``tile_features(model, read_slide_tiles(smp))``)."""
     flat = smp.locations.reshape(-1, 2)
     uniq, inverse = np.unique(flat, axis=0, return_inverse=True)
-    tiles = read_tiles(slide, uniq, smp.read_level, smp.tile_size)
+    if model.device.type == "cuda":  # the next batch's tiles are read while the GPU computes
+        return overlapped_tile_features(
+            model, slide, uniq, smp.read_level, smp.tile_size, out_size=smp.out_size
+        )[inverse.reshape(-1)]
+    tiles = read_tiles(slide, uniq, smp.read_level, smp.tile_size, smp.out_size)
     return tile_features(model, tiles)[inverse.reshape(-1)]
+
+
+def overlapped_tile_features(
+    model: SlideClassifier,
+    slide: Slide,
+    locations: np.ndarray,
+    level: int,
+    size: tuple[int, int],
+    batch_size: int | None = None,
+    out_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """``tile_features(model, read_tiles(slide, locations, level, size), batch_size)``, batch by
+    batch, the tiles of batch ``k + 1`` read in a background thread while batch ``k`` computes."""
+    batch_size = batch_size or model.config.predict.tile_batch_size
+    starts = list(range(0, len(locations), batch_size))
+    if len(starts) <= 1:
+        return tile_features(
+            model, read_tiles(slide, locations, level, size, out_size), batch_size
+        )
+    out = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-ats-tiles") as pool:
+        pending = pool.submit(
+            read_tiles, slide, locations[:batch_size], level, size, out_size
+        )
+        for start in starts:
+            tiles = pending.result()
+            if start + batch_size < len(locations):
+                nxt = locations[start + batch_size : start + 2 * batch_size]
+                pending = pool.submit(read_tiles, slide, nxt, level, size, out_size)
+            out.append(tile_features(model, tiles, batch_size))
+    return np.concatenate(out)
 
 
 def read_slide_tiles(sample: SlideSample, slide: Slide | None = None) -> np.ndarray:
     """The ``M = T * N`` tiles of ``sample`` as ``uint8[M, h, w, 3]`` (opens and closes the slide
     unless an open ``slide`` is given). Tiles drawn several times are read once."""
+    locs = sample.locations.reshape(-1, 2)
     if slide is not None:
-        return read_tiles(
-            slide, sample.locations.reshape(-1, 2), sample.read_level, sample.tile_size
-        )
+        return read_tiles(slide, locs, sample.read_level, sample.tile_size, sample.out_size)
     with open_slide(sample.path) as opened:
-        return read_tiles(
-            opened, sample.locations.reshape(-1, 2), sample.read_level, sample.tile_size
-        )
+        return read_tiles(opened, locs, sample.read_level, sample.tile_size, sample.out_size)
 
 
 def tiles_to_tensor(tiles: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 ``[n, h, w, 3]`` -> float ``[n, 3, h, w]`` in ``[0, 1]`` on ``device``."""
-    t = torch.as_tensor(tiles).to(device, non_blocking=True)
+    """uint8 ``[n, h, w, 3]`` -> float ``[n, 3, h, w]`` in ``[0, 1]`` on ``device`` (uint8 goes to
+    a GPU through pinned memory, asynchronously)."""
+    t = host_to_device(tiles, device)
     return t.permute(0, 3, 1, 2).float().div_(255.0)
 
 

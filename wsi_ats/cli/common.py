@@ -96,3 +96,25 @@ def set_threads(threads: int | None) -> int | None:
 
         torch.set_num_threads(chosen)
     return chosen
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda`` (default: ``$WSI_ATS_DEVICE``, else auto)."""
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="auto, cpu, cuda or cuda:N; auto = cuda when torch sees a GPU (default: "
+        "$WSI_ATS_DEVICE, else auto; on an existing cluster set WSI_ATS_DEVICE on the workers)",
+    )
+
+
+def use_device(name: str | None) -> object:
+    """Check the device ``name`` (``DeviceError``, a ``ValueError``, when it is not there), make it
+    this process's default for later loads (``$WSI_ATS_DEVICE``, inherited by local workers), and
+    return it as a ``torch.device``."""
+    from wsi_ats.models.accel import DEVICE_ENV, resolve_device
+
+    device = resolve_device(name)
+    if name:
+        os.environ[DEVICE_ENV] = str(device)
+    return device

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from wsi_ats.cli.common import positive_float, positive_int
+from wsi_ats.cli.common import add_device_argument, positive_float, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -110,15 +110,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="no progress (without a terminal, progress is one line every few seconds)",
     )
+    add_device_argument(p)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate everything, start or join the cluster, predict, print a summary; the exit status."""
-    from wsi_ats.cli.common import fail
+    from wsi_ats.cli.common import fail, use_device
     from wsi_ats.cohort.manifest import ManifestError, load_manifest
     from wsi_ats.models import CheckpointError, load_model
+    from wsi_ats.models.accel import DeviceError
     from wsi_ats.pipeline.cluster import dashboard_link, open_client
     from wsi_ats.pipeline.cohort import (
         ProgressEvent,
@@ -132,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
     # every cheap check first: no cluster is started and no folder made for a run that cannot go
     try:
+        use_device(args.device)  # workers of a local cluster inherit it
         manifest = load_manifest(args.manifest, on_missing=args.on_missing)
         if args.split is not None:
             manifest = manifest.select_split(args.split)
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             save_features=args.save_features, target_halfwidth=args.target_halfwidth,
             max_draws=args.max_draws,
         )  # fmt: skip
-    except (ManifestError, CheckpointError, RunSettingsError) as exc:
+    except (ManifestError, CheckpointError, RunSettingsError, DeviceError) as exc:
         return fail("predict", exc)
     for entry in manifest:
         if entry.problem:

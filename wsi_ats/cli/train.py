@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wsi_ats.cli.common import non_negative_int, positive_int
+from wsi_ats.cli.common import add_device_argument, non_negative_int, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,11 +46,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no progress (without a terminal, progress is one line every few seconds)",
     )
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_ats.cli.common import fail, set_threads
+    from wsi_ats.cli.common import fail, set_threads, use_device
     from wsi_ats.cohort.manifest import ManifestError
     from wsi_ats.models import CheckpointError, ConfigError, load_config
     from wsi_ats.slides import SlideError
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.pipeline is None and not args.resume:
         return fail("train", "--pipeline is required (unless --resume)")
     try:
+        device = use_device(args.device)
         config = load_config(args.pipeline) if args.pipeline else None
         read_cohort(args.manifest)  # every row labelled and readable, before anything runs
         set_threads(args.threads)
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             progress=not args.quiet,
             overwrite=args.overwrite,
+            device=device,
         )
     except (ConfigError, CheckpointError, ManifestError, SlideError, ValueError) as exc:
         return fail("train", exc)

@@ -68,7 +68,9 @@ def _load_cached(path: str, stamp: tuple[int, int]) -> torch.nn.Module:
     from wsi_ats.models import load_model
 
     _set_torch_threads()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from wsi_ats.models.accel import resolve_device
+
+    device = resolve_device()  # $WSI_ATS_DEVICE (set by --device), else cuda when there is one
     return load_model(path, map_location=device).eval()
 
 
@@ -80,10 +82,11 @@ def resolve_model(model: Any) -> Any:
     return model
 
 
-def view_task(path: str, slide_id: str, model: Any) -> Any:
-    """Open the slide, compute its low-res view and tissue mask, close it -> ``SlideView``."""
+def view_task(path: str, slide_id: str, model: Any, mpp: float | None = None) -> Any:
+    """Open the slide, compute its low-res view and tissue mask, close it -> ``SlideView``
+    (``mpp``: the manifest's um/px for the slide, if any)."""
     m = resolve_model(model)
-    return stages.view_slide(path, m.config, slide_id=slide_id)
+    return stages.view_slide(path, m.config, slide_id=slide_id, mpp=mpp)
 
 
 def sample_task(view: Any, model: Any, n_draws: int, seed: int) -> Any:
@@ -100,7 +103,9 @@ def read_task(sample: Any) -> tuple[np.ndarray, np.ndarray]:
     flat = np.asarray(sample.locations, dtype=np.int64).reshape(-1, 2)
     unique, inverse = np.unique(flat, axis=0, return_inverse=True)
     with open_slide(sample.path) as slide:
-        tiles = stages.read_tiles(slide, unique, sample.read_level, sample.tile_size)
+        tiles = stages.read_tiles(
+            slide, unique, sample.read_level, sample.tile_size, sample.out_size
+        )
     return tiles, inverse.reshape(-1)
 
 

@@ -27,6 +27,7 @@ from wsi_ats.models import (
     read_checkpoint,
     save_checkpoint,
 )
+from wsi_ats.models.accel import grad_scaler, resolve_device
 from wsi_ats.models.checkpoint import check_state_dict
 from wsi_ats.models.config import ConfigError
 from wsi_ats.progress import Progress as tqdm
@@ -136,7 +137,9 @@ def evaluate(
     cfg = model.config
     samples = [sample_slide(store.view(s), model, n_draws, seed) for s in slides]
     futures = [
-        store.submit_tiles(smp.path, smp.locations.reshape(-1, 2), smp.read_level, smp.tile_size)
+        store.submit_tiles(
+            smp.path, smp.locations.reshape(-1, 2), smp.read_level, smp.tile_size, smp.out_size
+        )
         for smp in samples
     ]
     probs = []
@@ -187,7 +190,7 @@ def train(
             use it to follow where the attention looks); it may add keys to the row.
     """
     out_dir = Path(out_dir)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)  # None: $WSI_ATS_DEVICE, else cuda when there is one
     if model is not None:
         config = model.config
     if out_dir.exists() and not out_dir.is_dir():
@@ -205,8 +208,10 @@ def train(
     tc = config.train
     total_epochs = tc.epochs if epochs is None else int(epochs)
 
-    model = (model or build_model(config, seed=tc.seed)).to(device)
+    # on resume last.pt holds every weight: the backbone's weights file is not read
+    model = (model or build_model(config, seed=tc.seed, pretrained=state is None)).to(device)
     optimizer = build_optimizer(model)
+    scaler = grad_scaler(device)  # float16 autocast only (CUDA without bfloat16)
     running_mean = RunningMean()
     start_epoch, history, best = 1, [], None
     best_epoch, best_auc = 0, float("nan")
@@ -240,7 +245,7 @@ def train(
             t0 = time.perf_counter()
             row = _run_epoch(
                 model, optimizer, store, train_set, val_set, epoch, total_epochs, progress,
-                running_mean,
+                running_mean, scaler,
             )  # fmt: skip
             val_probs, val_labels = evaluate(model, store, val_set, tc.val_draws, tc.seed)
             row["val_auc"] = safe_auc(val_labels, val_probs)
@@ -343,6 +348,7 @@ def _run_epoch(
     total_epochs: int,
     progress: bool,
     running_mean: RunningMean | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict:
     tc = model.config.train
     settings = epoch_settings(model.config, epoch)
@@ -368,7 +374,9 @@ def _run_epoch(
     for k, batch in enumerate(batches):
         # views of the next batch (no weights involved) are computed while this one trains
         store.prefetch_views(batches[k + 1] if k + 1 < len(batches) else val_set)
-        stats = train_step(model, optimizer, store, batch, generator, settings, running_mean)
+        stats = train_step(
+            model, optimizer, store, batch, generator, settings, running_mean, scaler
+        )
         losses.extend([stats.loss] * len(batch))
         inst.append(stats.instance_loss)
         dist.append(stats.distill_loss)

@@ -49,7 +49,9 @@ from wsi_ats.stages import (
     cells_to_locations,
     effective_replace,
     tiles_to_tensor,
+    view_out_size,
     view_tensors,
+    view_tile_size,
 )
 from wsi_ats.training.data import LabelledSlide, SlideStore
 
@@ -116,7 +118,6 @@ def plan_batch(
     cfg = model.config
     settings = settings or StepSettings(cfg.sampling.n_patches)
     n = settings.n_patches
-    size = (cfg.slide.patch_size, cfg.slide.patch_size)
     plans = []
     with torch.no_grad():
         for s in slides:
@@ -131,7 +132,8 @@ def plan_batch(
             drawn = draw(att, n, replace, generator, settings.explore, exploration=exploration)
             e = exploration_proposal(att, 1.0, exploration=exploration)  # the measure alone
             locs = cells_to_locations(drawn.indices, tuple(att.shape[1:]), view, cfg)[0]
-            fut = store.submit_tiles(view.path, locs, view.read_level, size)
+            size, out_size = view_tile_size(view, cfg), view_out_size(view)
+            fut = store.submit_tiles(view.path, locs, view.read_level, size, out_size)
             plans.append(SlidePlan(s, view, drawn, fut, e.gather(1, drawn.indices)))
     return plans
 
@@ -172,8 +174,11 @@ def train_step(
     generator: torch.Generator,
     settings: StepSettings | None = None,
     running_mean: RunningMean | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> StepStats:
-    """One optimiser step on ``slides`` (the losses of the module docstring, accumulated, clipped)."""
+    """One optimiser step on ``slides`` (the losses of the module docstring, accumulated, clipped).
+
+    ``scaler``: loss scaling for a feature network in float16 autocast (CUDA without bfloat16)."""
     tc = model.config.train
     device = model.device
     plans = plan_batch(model, store, slides, generator, settings)
@@ -225,7 +230,8 @@ def train_step(
                     )
                 loss = loss + tc.distill_coef * dist
                 distill_losses.append(float(dist.detach()))
-        (loss / len(plans)).backward()
+        loss = loss / len(plans)
+        (loss if scaler is None else scaler.scale(loss)).backward()
         if running_mean is not None:
             running_mean.update(pooled)
         losses.append(float(bce.detach()))
@@ -233,8 +239,14 @@ def train_step(
         probs.append(float(torch.sigmoid(logit.detach())[0]))
         labels.append(plan.slide.label)
         n_tiles += int(tiles.shape[0])
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients
     clip_gradients(model)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)  # skipped when a gradient overflowed
+        scaler.update()
     return StepStats(
         float(np.mean(losses)),
         float(np.mean(entropies)),
