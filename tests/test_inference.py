@@ -127,9 +127,12 @@ def test_write_slide_outputs(slide_path: Path, model, tmp_path: Path) -> None:
     assert folder.parent == (tmp_path / "out" / "slides").resolve()
     assert ".." not in folder.name and "/" not in folder.name
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["attention.npy", "coords.csv", "heatmap.png", "prediction.json"]
+    assert names == ["attention.npy", "coords.csv", "heatmap.png", "prediction.json", "tissue.png"]
     record = json.loads((folder / "prediction.json").read_text())
     assert record["slide_id"] == "../evil/id"
+    assert record["slide_path"] == str(slide_path)  # what `wsi-ats view` opens
+    tissue = np.asarray(Image.open(folder / "tissue.png"))
+    np.testing.assert_array_equal(tissue, view.mask.astype(np.uint8) * 255)
     assert record["probability"] == pytest.approx(pred.probability)
     assert {"prediction", "std", "n_patches", "n_draws", "draw_probabilities"} <= set(record)
     np.testing.assert_array_equal(np.load(folder / "attention.npy"), pred.attention)

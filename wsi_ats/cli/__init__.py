@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "predict": "wsi_ats.cli.predict",
     "heatmap": "wsi_ats.cli.heatmap",
     "export": "wsi_ats.cli.export",
+    "view": "wsi_ats.cli.view",
 }
 
 

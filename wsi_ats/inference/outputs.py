@@ -3,9 +3,10 @@
 Layout under ``out_dir/slides/<safe id>/`` (see :func:`wsi_ats.cohort.paths.slide_dir`):
 ``attention.npy`` (float32 ``[mh, mw]``), ``coords.csv`` (one row per sampled tile: ``draw, rank, x,
 y, w, h`` in level-0 pixels, then ``cell``, its index into the row-major flattened attention map,
-and ``attention``, that cell's attention), ``heatmap.png`` and ``prediction.json`` (with the
-geometry that maps cells to level 0: ``scale``, ``low_size`` and ``receptive_field``, see
-:func:`wsi_ats.inference.export.cell_polygons`).
+and ``attention``, that cell's attention), ``heatmap.png``, ``tissue.png`` (the tissue mask of the low-res view, 8-bit grey, 255 on tissue)
+and ``prediction.json`` (with the geometry that maps cells to level 0: ``scale``, ``low_size`` and
+``receptive_field``, see :func:`wsi_ats.inference.export.cell_polygons`, and ``slide_path``, the
+slide's absolute path or URL as the manifest resolved it, which ``wsi-ats view`` reads it from).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from wsi_ats.atomic import atomic_write_bytes
 from wsi_ats.cohort.paths import slide_dir
@@ -25,6 +27,7 @@ from wsi_ats.inference.heatmap import heatmap_of, save_png
 from wsi_ats.stages import SlidePrediction, SlideView
 
 PREDICTION_FILE = "prediction.json"
+TISSUE_FILE = "tissue.png"
 
 
 def prediction_record(prediction: SlidePrediction) -> dict[str, Any]:
@@ -85,8 +88,11 @@ def write_slide_outputs(
     atomic_write_bytes(folder / "coords.csv", coords_csv(prediction).encode())
     if heatmap:
         save_png(heatmap_of(prediction, view), folder / "heatmap.png")
+    mask = Image.fromarray(np.asarray(view.mask, dtype=bool).astype(np.uint8) * 255)
+    save_png(mask, folder / TISSUE_FILE)
     record = prediction_record(prediction)
     record["low_size"] = [int(v) for v in view.image.shape[:2]]  # (h, w) low-res pixels
+    record["slide_path"] = str(view.path)
     text = json.dumps(record, indent=2) + "\n"
     atomic_write_bytes(folder / PREDICTION_FILE, text.encode())
     return folder

@@ -1,0 +1,170 @@
+"""What ``wsi-ats view`` serves: the slides a ``predict`` output folder names, and nothing else.
+
+:class:`OutputIndex` reads ``OUT/predictions.csv`` once. Each slide is addressed by its folder name
+under ``OUT/slides/`` (:func:`wsi_ats.cohort.paths.slide_dir_name`: ``[A-Za-z0-9._-]`` only), and
+the server looks every name a URL holds up in this index: a name it does not hold is unknown, so
+no URL can reach a file the folder does not name. The slide file itself is the ``slide_path`` that
+``predict`` records in each ``prediction.json``; folders written before it did so are served when
+``--manifest`` gives the manifest, and otherwise each such slide says why it cannot be shown.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_ats.cohort.paths import slide_dir, slide_dir_name
+
+PREDICTIONS_CSV = "predictions.csv"
+_FIX = "give the --out folder of a `wsi-ats predict` run"
+#: predictions.csv columns read as numbers (the others stay text)
+FLOAT_COLUMNS = ("probability", "std", "ci_low", "ci_high")
+INT_COLUMNS = ("prediction", "n_patches", "n_draws", "label")
+
+
+class ViewerError(ValueError):
+    """A folder that is not a readable ``wsi-ats predict`` output; names the path and the fix."""
+
+
+@dataclass
+class SlideEntry:
+    """One row of ``predictions.csv``: its folder, and for finished slides what the page needs."""
+
+    slide_id: str
+    name: str  # folder name under OUT/slides, the slide's address in URLs
+    folder: Path
+    row: dict[str, Any]  # the predictions.csv row, numbers parsed (NaN and empty -> None)
+    record: dict[str, Any] | None = None  # prediction.json (None unless status is ok)
+    path: str | None = None  # the slide file or URL (None when it cannot be recovered)
+    problem: str | None = None  # why the slide page cannot show the slide
+    coords: list[dict[str, Any]] = field(default_factory=list)  # coords.csv rows, numbers
+
+    @property
+    def viewable(self) -> bool:
+        """True when the slide page can show this slide."""
+        return self.record is not None and self.path is not None and self.problem is None
+
+
+class OutputIndex:
+    """The slides of the ``predict`` output folder ``out``, by folder name (manifest order).
+
+    ``manifest`` (optional) gives slide paths to folders whose ``prediction.json`` predates
+    ``slide_path``. Raises :class:`ViewerError` when ``out`` is not a ``predict`` output.
+    """
+
+    def __init__(self, out: str | Path, manifest: str | Path | None = None) -> None:
+        self.out = Path(out)
+        self.columns, rows = read_predictions(self.out)
+        fallback = _manifest_paths(manifest) if manifest is not None else {}
+        self.entries: dict[str, SlideEntry] = {}
+        for row in rows:
+            entry = _entry(self.out, row, fallback)
+            self.entries[entry.name] = entry
+
+    def get(self, name: str) -> SlideEntry | None:
+        """The entry whose folder name is exactly ``name``, or None."""
+        return self.entries.get(name)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The predictions table for the cohort page: each row plus ``name`` and ``viewable``."""
+        out = []
+        for e in self.entries.values():
+            out.append({**e.row, "name": e.name, "viewable": e.viewable, "problem": e.problem})
+        return out
+
+    @property
+    def has_label(self) -> bool:
+        """True when ``predictions.csv`` has the manifest's ``label`` column."""
+        return "label" in self.columns
+
+
+def read_predictions(out: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """``(columns, rows)`` of ``out/predictions.csv``, numbers parsed; :class:`ViewerError` when
+    ``out`` is not a ``predict`` output folder."""
+    if not out.is_dir():
+        what = "is a file" if out.exists() else "does not exist"
+        raise ViewerError(f"{out} {what}; {_FIX}")
+    table = out / PREDICTIONS_CSV
+    if not table.is_file():
+        raise ViewerError(f"{out} has no {PREDICTIONS_CSV} (no finished predict run); {_FIX}")
+    with table.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = list(reader.fieldnames or ())
+        if not {"slide_id", "status"} <= set(columns):
+            raise ViewerError(f"{table} has no slide_id and status columns; {_FIX}")
+        rows = [{k: _parse(k, v) for k, v in r.items()} for r in reader]
+    return columns, rows
+
+
+def _parse(column: str, value: str | None) -> Any:
+    """A predictions.csv cell as JSON-able: numbers for numeric columns, None for empty/NaN."""
+    if value is None or value == "":
+        return None
+    if column in FLOAT_COLUMNS or column in INT_COLUMNS:
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if not math.isfinite(number):
+            return None
+        return int(number) if column in INT_COLUMNS else number
+    return value
+
+
+def _manifest_paths(manifest: str | Path) -> dict[str, str]:
+    """slide_id -> resolved path of every row of ``manifest``."""
+    from wsi_ats.cohort.manifest import load_manifest
+
+    return {e.slide_id: e.path for e in load_manifest(manifest, on_missing="error-row")}
+
+
+def _entry(out: Path, row: dict[str, Any], fallback: dict[str, str]) -> SlideEntry:
+    slide_id = str(row["slide_id"])
+    entry = SlideEntry(slide_id, slide_dir_name(slide_id), slide_dir(out, slide_id), row)
+    if row.get("status") != "ok":
+        entry.problem = f"status {row.get('status')}: no prediction to show"
+        return entry
+    try:
+        entry.record = json.loads((entry.folder / "prediction.json").read_text())
+        entry.coords = read_coords(entry.folder / "coords.csv")
+    except (OSError, ValueError) as exc:
+        entry.problem = f"{entry.folder}: unreadable outputs ({exc}); rerun `wsi-ats predict`"
+        return entry
+    entry.path = entry.record.get("slide_path") or fallback.get(slide_id)
+    if entry.path is None:
+        entry.problem = (
+            f"{entry.folder / 'prediction.json'} does not record the slide's path (written by a "
+            "wsi-ats predict from before `view`); pass the run's manifest with --manifest, or "
+            "rerun `wsi-ats predict` into a new folder"
+        )
+    elif "low_size" not in entry.record or (entry.coords and entry.coords[0]["cell"] is None):
+        entry.problem = (
+            f"{entry.folder}: written by an older wsi-ats predict (no sampled cells or no "
+            "low_size); rerun `wsi-ats predict` into a new folder"
+        )
+    return entry
+
+
+def read_coords(path: Path) -> list[dict[str, Any]]:
+    """``coords.csv`` rows with ints (``draw, rank, x, y, w, h, cell``) and ``attention`` (float);
+    ``cell``/``attention`` are None in folders that predate them."""
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = []
+    for r in rows:
+        item: dict[str, Any] = {k: int(r[k]) for k in ("draw", "rank", "x", "y", "w", "h")}
+        item["cell"] = int(r["cell"]) if r.get("cell") else None
+        item["attention"] = float(r["attention"]) if r.get("attention") else None
+        out.append(item)
+    return out
+
+
+def attention_map(entry: SlideEntry) -> np.ndarray:
+    """float32 ``[mh, mw]``: the slide's saved attention map."""
+    return np.load(entry.folder / "attention.npy").astype(np.float32)
