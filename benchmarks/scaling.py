@@ -3,7 +3,7 @@
 Synthetic slides of 8k, 16k, 32k, 64k and 128k pixels a side (``wsi_ats.synth``, streamed tile by
 tile into JPEG-compressed pyramidal TIFFs; spot diameter fixed in level-0 pixels; cached under
 ``benchmarks/_cache/scaling``) are run through one untrained model built from
-``pipelines/default.toml`` (weights do not change the cost). Each size runs in a fresh
+``pipelines/synthetic.toml`` (weights do not change the cost). Each size runs in a fresh
 subprocess, which measures:
 
 - attention sampling: ``wsi_ats.inference.predict_slide`` end to end (open, low-res view, tissue
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         help="px a side, comma-separated",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: 2k and 4k slides, small budget")
-    p.add_argument("--config", type=Path, default=ROOT / "pipelines" / "default.toml")
+    p.add_argument("--config", type=Path, default=ROOT / "pipelines" / "synthetic.toml")
     p.add_argument("--repeats", type=int, default=3, help="timed attention-sampling runs per slide")
     p.add_argument(
         "--n-draws", type=int, default=None, help="default: the config's predict.n_draws"

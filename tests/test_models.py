@@ -21,12 +21,15 @@ from wsi_ats.models import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["default.toml", "demo.toml", "baselines.toml"])
+@pytest.mark.parametrize("name", ["default.toml", "synthetic.toml", "demo.toml", "baselines.toml"])
 def test_shipped_pipelines_parse(name: str) -> None:
     cfg = PipelineConfig.from_toml(ROOT / "pipelines" / name)
     assert cfg.sampling.n_patches >= 1
-    if name == "default.toml":
-        assert cfg == PipelineConfig()
+    if name == "synthetic.toml":  # the built-in defaults, in pixel geometry
+        assert cfg == PipelineConfig() and not cfg.slide.physical
+    if name == "default.toml":  # real slides: 256 px tiles at 0.5 um/px, one cell per tile
+        assert cfg.slide.physical and (cfg.slide.tile_mpp, cfg.slide.tile_size) == (0.5, 256)
+        assert cfg.diff(PipelineConfig()) == ["slide.tile_mpp", "attention.map_stride"]
 
 
 def test_every_field_is_documented_in_default_toml() -> None:

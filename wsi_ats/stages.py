@@ -45,9 +45,9 @@ from wsi_ats.models.accel import host_to_device
 from wsi_ats.models.data_range import slide_warnings
 from wsi_ats.slides import Slide, SlideReadError, open_slide
 from wsi_ats.slides import low_res_view as _low_res_view
+from wsi_ats.slides import tissue_mask as _tissue_mask
 from wsi_ats.slides.lowres import view_at_downsample
 from wsi_ats.slides.resolution import resolve_mpp, tile_geometry
-from wsi_ats.slides import tissue_mask as _tissue_mask
 
 
 @dataclass
@@ -318,7 +318,7 @@ def sample_slide(
             view.level0_size, view.mpp, smp.tile_size_level0, bool(view.mask.any()),
             int((att > 0).sum()), n, getattr(model, "data_range", None),
         )
-    ) + coverage_warnings(view, map_size, smp.tile_size_level0)  # fmt: skip
+    )  # fmt: skip
     return smp
 
 
@@ -333,23 +333,6 @@ def view_out_size(view: SlideView) -> tuple[int, int] | None:
     if view.tile_size and view.read_size and view.tile_size != view.read_size:
         return (view.tile_size, view.tile_size)
     return None
-
-
-def coverage_warnings(
-    view: SlideView, map_size: tuple[int, int], tile_size_level0: tuple[int, int]
-) -> tuple[str, ...]:
-    """A warning when the tiles cover less than half of their attention cells (pixel geometry on
-    a slide much larger than the spec's: the tissue between the tiles can never be sampled)."""
-    (low_h, low_w), (mh, mw) = view.image.shape[:2], map_size
-    cell_h, cell_w = low_h * view.scale[0] / mh, low_w * view.scale[1] / mw
-    tw, th = tile_size_level0
-    coverage = min(th / cell_h, 1.0) * min(tw / cell_w, 1.0)
-    if coverage >= 0.5:
-        return ()
-    return (
-        f"tiles cover {coverage:.1%} of their attention cells ({tw}x{th} of {cell_w:.0f}x"
-        f"{cell_h:.0f} level-0 px): most tissue can never be sampled; use slide.tile_mpp",
-    )
 
 
 def read_tiles(
@@ -409,14 +392,10 @@ def overlapped_tile_features(
     batch_size = batch_size or model.config.predict.tile_batch_size
     starts = list(range(0, len(locations), batch_size))
     if len(starts) <= 1:
-        return tile_features(
-            model, read_tiles(slide, locations, level, size, out_size), batch_size
-        )
+        return tile_features(model, read_tiles(slide, locations, level, size, out_size), batch_size)
     out = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-ats-tiles") as pool:
-        pending = pool.submit(
-            read_tiles, slide, locations[:batch_size], level, size, out_size
-        )
+        pending = pool.submit(read_tiles, slide, locations[:batch_size], level, size, out_size)
         for start in starts:
             tiles = pending.result()
             if start + batch_size < len(locations):

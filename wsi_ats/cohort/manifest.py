@@ -25,7 +25,7 @@ from wsi_ats.slides.locations import is_url, local_path, location_problem
 from .paths import slide_dir_name
 
 REQUIRED_COLUMNS = ("slide_id", "path")
-OPTIONAL_COLUMNS = ("label", "split")
+OPTIONAL_COLUMNS = ("label", "split", "mpp")
 OnMissing = Literal["error-row", "fail"]
 #: more bad labels than this are reported as one problem (string labels: every row is wrong)
 MAX_LABEL_LINES = 3
@@ -66,6 +66,7 @@ class SlideEntry:
     label: int | None = None
     split: str | None = None
     problem: str | None = None
+    mpp: float | None = None  # um/px of level 0 from an ``mpp`` column (overrides the slide's)
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,17 @@ def load_manifest(
         elif require_label:
             row_problems.append("empty label")
         split = fields[col["split"]].strip() or None if "split" in col else None
+        mpp: float | None = None
+        mpp_text = fields[col["mpp"]].strip() if "mpp" in col else ""
+        if mpp_text:
+            try:
+                mpp = float(mpp_text)
+            except ValueError:
+                mpp = -1.0
+            if not 0.05 <= mpp <= 20.0:  # slides.resolution.PLAUSIBLE_MPP
+                row_problems.append(
+                    f"mpp must be a resolution in um/px between 0.05 and 20, got {mpp_text!r}"
+                )
         problem = None
         if not raw_path:
             row_problems.append("empty path")
@@ -253,7 +265,7 @@ def load_manifest(
                 row_problems.append(problem)
         problems.extend(ManifestProblem(line, f"{slide_id or '?'}: {m}") for m in row_problems)
         if not row_problems:
-            entries.append(SlideEntry(slide_id, resolved, line, label, split, problem))
+            entries.append(SlideEntry(slide_id, resolved, line, label, split, problem, mpp))
     if len(bad_labels) > MAX_LABEL_LINES:  # one line for them all, not one per row
         problems = [p for p in problems if "label must be 0 or 1" not in p.message]
         problems.append(_label_problem(bad_labels))

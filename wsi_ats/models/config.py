@@ -30,11 +30,35 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SlideConfig:
-    """Where the model looks: the low-res view and the level high-res tiles are read at."""
+    """Where the model looks: the low-res view and the resolution high-res tiles are read at.
 
-    lowres_size: int = 512  # longest side of the low-res view, in low-res pixels
-    read_level: int = 0  # pyramid level the high-res tiles are read at (0 = full resolution)
-    patch_size: int = 64  # tile side, in pixels of ``read_level``
+    Two modes. Physical (``tile_mpp > 0``, real slides): tiles of ``tile_size`` px at ``tile_mpp``
+    um/px, one attention cell per tile footprint (the low-res view's mpp follows), from each slide's
+    own mpp. Pixels (``tile_mpp = 0``, the built-in default): a view of ``lowres_size`` px and tiles
+    of ``patch_size`` px of pyramid level ``read_level``, whatever the slide's resolution.
+    """
+
+    lowres_size: int = 512  # pixel mode: longest side of the low-res view, in low-res pixels
+    read_level: int = 0  # pixel mode: pyramid level the tiles are read at (0 = full resolution)
+    patch_size: int = 64  # pixel mode: tile side, in pixels of ``read_level``
+    tile_mpp: float = 0.0  # um/px tiles are read at (physical mode); 0 = pixel mode
+    tile_size: int = 256  # physical mode: tile side in pixels at ``tile_mpp``
+    lowres_mpp: float = 0.0  # physical mode: um/px of the low-res view; 0 = one cell per tile
+    assume_mpp: float = 0.0  # physical mode: um/px assumed for a slide without a plausible mpp
+
+    @property
+    def physical(self) -> bool:
+        """True when tiles are placed in microns (``tile_mpp > 0``)."""
+        return self.tile_mpp > 0
+
+    def cell_coverage(self, map_stride: int) -> float:
+        """Physical mode: share of an attention cell's area its tile covers (1 when the view's mpp
+        follows the tiles; above 1 the tiles of neighbouring cells overlap)."""
+        if not self.physical or self.lowres_mpp <= 0:
+            return 1.0
+        tile_um = self.tile_size * self.tile_mpp
+        cell_um = self.lowres_mpp * map_stride
+        return min(tile_um / cell_um, 1.0) ** 2
 
 
 @dataclass(frozen=True)
@@ -317,6 +341,10 @@ def _validate(cfg: PipelineConfig) -> None:
         (cfg.slide.lowres_size >= 16, "slide.lowres_size must be >= 16"),
         (cfg.slide.read_level >= 0, "slide.read_level must be >= 0"),
         (cfg.slide.patch_size >= 8, "slide.patch_size must be >= 8"),
+        (cfg.slide.tile_mpp >= 0, "slide.tile_mpp must be >= 0 (0 = pixel mode)"),
+        (cfg.slide.tile_size >= 8, "slide.tile_size must be >= 8"),
+        (cfg.slide.lowres_mpp >= 0, "slide.lowres_mpp must be >= 0 (0 = one cell per tile)"),
+        (cfg.slide.assume_mpp >= 0, "slide.assume_mpp must be >= 0 (0 = no assumption)"),
         (cfg.attention.width >= 1, "attention.width must be >= 1"),
         (cfg.attention.depth >= 1, "attention.depth must be >= 1"),
         (cfg.attention.prior >= 0, "attention.prior must be >= 0"),
@@ -387,6 +415,28 @@ def _validate(cfg: PipelineConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _check_cell_coverage(cfg)
+
+
+#: a tile must cover at least this share of its attention cell, or tissue is left unreadable
+MIN_CELL_COVERAGE = 0.5
+
+
+def _check_cell_coverage(cfg: PipelineConfig) -> None:
+    """Refuse a physical spec whose tiles cover less than half of their attention cells."""
+    s, stride = cfg.slide, cfg.attention.map_stride
+    coverage = s.cell_coverage(stride)
+    if coverage >= MIN_CELL_COVERAGE:
+        return
+    tile_um = s.tile_size * s.tile_mpp
+    cell_um = s.lowres_mpp * stride
+    raise ConfigError(
+        f"slide.lowres_mpp: a tile ({s.tile_size} px at {s.tile_mpp:g} um/px = {tile_um:g} um) "
+        f"would cover {coverage:.0%} of its attention cell ({stride} x {s.lowres_mpp:g} um/px = "
+        f"{cell_um:g} um): tissue between the tiles could never be sampled; set "
+        f"slide.lowres_mpp <= {tile_um / stride / MIN_CELL_COVERAGE**0.5:.3g} (0 = one cell per "
+        "tile)"
+    )
 
 
 def _is_factory(backbone: str) -> bool:

@@ -80,6 +80,7 @@ def slide_key(stage: str, entry: SlideEntry, params: RunParams) -> str:
     token = tokenize(
         entry.slide_id,
         entry.path,
+        entry.mpp,
         params.seed,
         params.n_draws,
         params.model_token,
@@ -99,6 +100,7 @@ def submit_slide(client: Client, entry: SlideEntry, params: RunParams) -> SlideT
         entry.path,
         entry.slide_id,
         params.model,
+        entry.mpp,
         key=slide_key("view", entry, params),
         priority=PRIORITY["view"],
         **opts,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Slide
+from .base import WHITE, Slide
 
 STREAM_TILE = 2048  # pixels of the source level per streamed tile side (rounded to the factor)
 MAX_VIEW_PIXELS = 2**26  # 8192 x 8192 (192 MiB of RGB): larger "low-res" views are refused
@@ -104,3 +104,51 @@ def area_reduce(image: np.ndarray, factor: int) -> np.ndarray:
     cols = np.minimum(factor, w - np.arange(ow) * factor)
     counts = (rows[:, None] * cols[None, :])[..., None].astype(np.uint32)
     return ((sums + counts // 2) // counts).astype(np.uint8)
+
+
+def view_at_downsample(
+    slide: Slide,
+    downsample: float,
+    shape: tuple[int, int],
+    max_pixels: int = MAX_VIEW_PIXELS,
+) -> LowResView:
+    """The ``shape = (h, w)`` view whose pixel ``(i, j)`` covers level-0 pixels ``[i, i+1) x [j, j+1)``
+    times ``downsample`` (exactly: ``scale == (downsample, downsample)``); where it overhangs the
+    slide it is white.
+
+    It comes from the nearest level at or above that resolution (the coarsest level whose downsample
+    is at most ``downsample``), area-reduced by the integer factor below the ratio while streamed
+    tile by tile (memory bounded by a few views, never a whole fine level), then resized to the
+    exact grid (less than 2x, area-weighted). ``ValueError`` for a view over ``max_pixels``.
+    """
+    from PIL import Image
+
+    vh, vw = (int(v) for v in shape)
+    if vh < 1 or vw < 1 or downsample <= 0:
+        raise ValueError(f"need a positive shape and downsample, got {shape}, {downsample}")
+    if vh * vw > max_pixels:
+        raise ValueError(
+            f"{slide.path}: the low-resolution view would be {vw} x {vh} px, more than "
+            f"max_pixels={max_pixels}; ask for coarser cells (slide.lowres_mpp or tile geometry)"
+        )
+    level = slide.get_best_level_for_downsample(downsample)
+    lds = float(slide.level_downsamples[level])
+    k = max(1, math.floor(downsample / lds + 1e-9))
+    src = stream_reduce(slide, level, k)  # pixel i covers level-0 [i, i+1) * src_ds
+    src_ds = lds * k
+    bw, bh = vw * downsample / src_ds, vh * downsample / src_ds  # the view's extent, src pixels
+    ph, pw = max(src.shape[0], math.ceil(bh)), max(src.shape[1], math.ceil(bw))
+    if (ph, pw) != src.shape[:2]:  # the view overhangs the slide: white there
+        padded = np.full((ph, pw, 3), WHITE, dtype=np.uint8)
+        padded[: src.shape[0], : src.shape[1]] = src
+        src = padded
+    if (bh, bw) == (vh, vw) and src.shape[:2] == (vh, vw):
+        image, exact = src, k == 1
+    else:
+        resized = Image.fromarray(src).resize((vw, vh), Image.Resampling.BOX, box=(0, 0, bw, bh))
+        image, exact = np.asarray(resized, dtype=np.uint8), False
+    return LowResView(
+        image=np.ascontiguousarray(image),
+        scale=(float(downsample), float(downsample)),
+        level=level if exact else None,
+    )

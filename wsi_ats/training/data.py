@@ -38,13 +38,14 @@ class LabelledSlide:
     path: str
     label: int
     split: str
+    mpp: float | None = None  # um/px of level 0 from the manifest (overrides the slide's)
 
 
 def read_cohort(manifest: str | Path) -> list[LabelledSlide]:
     """Labelled slides of ``manifest`` (validated; every row needs a label and a readable path)."""
     parsed = load_manifest(manifest, require_label=True, on_missing="fail")
     return [
-        LabelledSlide(e.slide_id, e.path, int(e.label), (e.split or "train").strip().lower())
+        LabelledSlide(e.slide_id, e.path, int(e.label), (e.split or "train").strip().lower(), e.mpp)
         for e in parsed
     ]
 
@@ -100,7 +101,7 @@ class SlideStore:
 
     def _compute_view(self, slide: LabelledSlide) -> SlideView:
         with self.slides.lease(slide.path) as handle:
-            return view_of(handle, self.config, slide.slide_id)
+            return view_of(handle, self.config, slide.slide_id, slide.mpp)
 
     def _view_future(self, slide: LabelledSlide) -> Future[SlideView]:
         with self._lock:
@@ -157,16 +158,27 @@ class SlideStore:
         return cached
 
     def submit_tiles(
-        self, path: str, locations: np.ndarray, level: int, size: tuple[int, int]
+        self,
+        path: str,
+        locations: np.ndarray,
+        level: int,
+        size: tuple[int, int],
+        out_size: tuple[int, int] | None = None,
     ) -> Future[np.ndarray]:
-        """Read tiles at level-0 ``locations`` ``[n, 2]`` (x, y) in the background."""
-        return self.pool.submit(self._read_tiles, path, locations, level, size)
+        """Read tiles at level-0 ``locations`` ``[n, 2]`` (x, y) in the background (resized to
+        ``out_size`` when given)."""
+        return self.pool.submit(self._read_tiles, path, locations, level, size, out_size)
 
     def _read_tiles(
-        self, path: str, locations: np.ndarray, level: int, size: tuple[int, int]
+        self,
+        path: str,
+        locations: np.ndarray,
+        level: int,
+        size: tuple[int, int],
+        out_size: tuple[int, int] | None = None,
     ) -> np.ndarray:
         with self.slides.lease(path) as handle:
-            return read_tiles(handle, locations, level, size)
+            return read_tiles(handle, locations, level, size, out_size)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
