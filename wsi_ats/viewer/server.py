@@ -136,6 +136,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
 
     server: ViewerServer
     protocol_version = "HTTP/1.1"  # keep-alive: a page's tiles reuse a few connections
+    disable_nagle_algorithm = True  # headers then body: without it, 40 ms of delayed ACK each
     server_version = "wsi-ats-view"
 
     def log_message(self, format: str, *args: Any) -> None:
