@@ -14,7 +14,7 @@ from tiny_cohort import tiny_cohort
 
 from wsi_ats.cli import main
 from wsi_ats.models import ConfigError, PipelineConfig, build_model, load_model, save_checkpoint
-from wsi_ats.models.features import WeightsFileError, backbone_of
+from wsi_ats.models.features import WeightsFileError, backbone_of, tile_keys
 from wsi_ats.training import SlideStore, read_cohort
 from wsi_ats.training.step import StepSettings, build_optimizer, train_step
 
@@ -106,16 +106,23 @@ def test_input_normalisation_from_the_spec(tmp_path: Path) -> None:
         PipelineConfig.from_toml(bad)
 
 
-def _one_step(cfg: PipelineConfig, root: Path) -> tuple[dict, dict]:
-    """The model's state before and after one real training step on a tiny cohort."""
-    slides = read_cohort(tiny_cohort(root, n=4))[:2]
+def _one_step(cfg: PipelineConfig, root: Path, steps: int = 1) -> tuple[dict, dict]:
+    """The model's state before and after ``steps`` real training steps on a tiny cohort."""
+    before, model = _steps(cfg, root, steps)
+    return before, model.state_dict()
+
+
+def _steps(cfg: PipelineConfig, root: Path, steps: int) -> tuple[dict, torch.nn.Module]:
+    manifest = root / "manifest.csv"
+    slides = read_cohort(manifest if manifest.exists() else tiny_cohort(root, n=4))[:2]
     model = build_model(cfg, seed=0)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer = build_optimizer(model)
     with SlideStore(cfg, 2) as store:
         gen = torch.Generator().manual_seed(0)
-        train_step(model, optimizer, store, slides, gen, StepSettings(8))
-    return before, model.state_dict()
+        for _ in range(steps):
+            train_step(model, optimizer, store, slides, gen, StepSettings(8))
+    return before, model
 
 
 def test_frozen_backbone_stays_fixed_while_attention_and_head_train(tmp_path: Path) -> None:
@@ -202,3 +209,34 @@ def test_cli_train_missing_weights_is_one_line_exit_2(
     assert str(tmp_path / "models" / "uni.safetensors") in err
     assert "never downloaded" in err and "machine with internet access" in err
     assert not out.exists()  # nothing made before the check
+
+
+def test_tile_cache_of_a_frozen_backbone(tmp_path: Path) -> None:
+    saved_backbone(tmp_path / "w.pt", "pt")
+    spec = write_spec(tmp_path / "p.toml", weights="w.pt", freeze="all", extra="cache_tiles = 6")
+    cfg = PipelineConfig.from_toml(spec)
+    model = build_model(cfg, seed=0).train()
+    cache = model.feature_net.tile_cache
+    tiles = torch.rand(8, 3, 16, 16)
+    keys = tile_keys("s.tiff", 0, (16, 16), [(i * 16, 0) for i in range(8)])
+    plain = model.features(tiles)  # no keys: no cache
+    assert len(cache) == 0
+    torch.testing.assert_close(model.features(tiles[:4], keys[:4]), plain[:4])
+    assert (cache.hits, cache.misses, len(cache)) == (0, 4, 4)
+    torch.testing.assert_close(model.features(tiles, keys), plain)  # 4 hits, 4 computed
+    assert (cache.hits, cache.misses, len(cache)) == (4, 8, 6)  # bounded: LRU keeps 6
+    again = model.features(tiles[[7, 6]], keys[6:8][::-1])  # the newest are kept
+    torch.testing.assert_close(again, plain[[7, 6]])
+    assert cache.hits == 6
+    # gradients reach the projection through cached rows
+    model.features(tiles[[7]], keys[7:8]).sum().backward()
+    assert model.feature_net.proj.weight.grad is not None
+
+    # through real training steps: the same result as without the cache, and the cache is used
+    _, cached_model = _steps(cfg, tmp_path / "cohort", steps=2)
+    _, plain_model = _steps(cfg.replace(features={"cache_tiles": 0}), tmp_path / "cohort", 2)
+    for key, value in plain_model.state_dict().items():
+        torch.testing.assert_close(cached_model.state_dict()[key], value, msg=key)
+    assert cached_model.feature_net.tile_cache.misses >= 16
+    with pytest.raises(ConfigError, match='cache_tiles needs freeze = "all"'):
+        cfg.replace(features={"freeze": "none"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -87,15 +87,20 @@ def autocast_for(precision: FeaturePrecision) -> Iterator[None]:
 
 
 def run_feature_net(
-    net: nn.Module, tiles: torch.Tensor, precision: FeaturePrecision | None = None
+    net: nn.Module,
+    tiles: torch.Tensor,
+    precision: FeaturePrecision | None = None,
+    call: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``net(tiles)`` as ``precision`` says (default: that of the tiles' device), as float32.
+    """``net(tiles)`` (or ``call(tiles)``, a method of ``net``) as ``precision`` says (default:
+    that of the tiles' device), as float32.
 
     On the CPU by default this is exactly ``net(tiles)``. With channels-last the network's weights
     are converted once (kept so) and the tiles each call."""
     precision = precision or feature_precision(tiles.device)
+    call = call or net
     if precision.amp_dtype is None and not precision.channels_last:
-        return net(tiles)
+        return call(tiles)
     if precision.channels_last:
         if not getattr(net, "_channels_last", False):
             net.to(memory_format=torch.channels_last)
@@ -103,7 +108,7 @@ def run_feature_net(
         if tiles.ndim == 4:
             tiles = tiles.contiguous(memory_format=torch.channels_last)
     with autocast_for(precision):
-        out = net(tiles)
+        out = call(tiles)
     return out.float()
 
 

@@ -10,7 +10,7 @@ from wsi_ats.models.accel import run_feature_net
 from wsi_ats.models.attention import AttentionNet
 from wsi_ats.models.config import PipelineConfig
 from wsi_ats.models.data_range import DataRange
-from wsi_ats.models.features import build_feature_net
+from wsi_ats.models.features import TileKey, build_feature_net, cached_embed
 from wsi_ats.models.head import ClassifierHead
 
 
@@ -61,10 +61,18 @@ class SlideClassifier(nn.Module):
         """Attention distribution ``[B, mh, mw]`` (sums to 1, zero off tissue) of views ``[B,3,h,w]``."""
         return masked_softmax(self.attention_net(view), mask)
 
-    def features(self, tiles: torch.Tensor) -> torch.Tensor:
+    def features(self, tiles: torch.Tensor, keys: list[TileKey] | None = None) -> torch.Tensor:
         """Tile features ``[n, D]`` of tiles ``[n, 3, p, p]`` in ``[0, 1]`` (float32; on CUDA run
-        in mixed precision and channels-last, see :mod:`wsi_ats.models.accel`)."""
-        return run_feature_net(self.feature_net, tiles)
+        in mixed precision and channels-last, see :mod:`wsi_ats.models.accel`).
+
+        ``keys`` (:func:`~wsi_ats.models.features.tile_keys`, one per tile) let a fully frozen
+        backbone with ``features.cache_tiles > 0`` reuse the outputs of tiles it has seen."""
+        net = self.feature_net
+        if keys is not None and getattr(net, "tile_cache", None) is not None:
+            h = cached_embed(net, tiles, keys, lambda x: run_feature_net(net, x, call=net.embed))
+            if h is not None:
+                return net.project(h)
+        return run_feature_net(net, tiles)
 
     def instance_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Tile logits ``[n]`` of tile features ``[n, D]``: how much a tile looks like what only

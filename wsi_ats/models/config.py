@@ -87,6 +87,7 @@ class FeatureConfig:
     mean: tuple[float, ...] = ()  # per-channel input mean (RGB in [0, 1]); () = the backbone's own
     std: tuple[float, ...] = ()  # per-channel input std; () = the backbone's own
     freeze: str = "none"  # "none", "all", "<n>" (first n top-level modules), "a,b" (prefixes)
+    cache_tiles: int = 0  # freeze = "all": keep backbone outputs of this many tiles (LRU); 0 = off
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ CONTROL_VARIATES = ("none", "mean", "loo")
 #: sections whose fields decide the shapes of the weights (a checkpoint must match them)
 ARCHITECTURE_SECTIONS = ("attention", "features", "head")
 #: [features] fields a checkpoint need not match: its weights replace the pretrained ones
-NOT_ARCHITECTURE_FEATURES = ("weights", "freeze")
+NOT_ARCHITECTURE_FEATURES = ("weights", "freeze", "cache_tiles")
 
 
 @dataclass(frozen=True)
@@ -361,6 +362,11 @@ def _validate(cfg: PipelineConfig) -> None:
             "features.mean and features.std must both be 3 numbers (R, G, B) or both be empty",
         ),
         (all(s > 0 for s in cfg.features.std), "features.std must be > 0"),
+        (cfg.features.cache_tiles >= 0, "features.cache_tiles must be >= 0"),
+        (
+            cfg.features.cache_tiles == 0 or cfg.features.freeze.strip() == "all",
+            'features.cache_tiles needs freeze = "all" (a trained backbone changes its outputs)',
+        ),
         (
             _is_freeze(cfg.features.freeze),
             'features.freeze must be "none", "all", a number of top-level modules ("2") or '

@@ -15,7 +15,8 @@ a function called without arguments that returns an ``nn.Module`` mapping tiles 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -86,9 +87,16 @@ class CompactCNN(_Freezable):
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.embed(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooled output ``[n, 4 * width]`` (what the tile cache keeps)."""
         # pixels roughly zero-mean, unit-scale (the spec's mean/std when it gives them)
         h = self.body(self.input_norm(x) if self.input_norm is not None else (x - 0.5) * 4.0)
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Features ``[n, dim]`` of backbone outputs."""
         f = self.proj(pooled)
         return nn.functional.normalize(f, dim=1) if self.normalize else f
 
@@ -195,13 +203,19 @@ class _Projected(_Freezable):
         self.normalize = normalize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.embed(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's output ``[n, k]`` (what the tile cache keeps)."""
         if self.input_norm is not None:
             x = self.input_norm(x)
         if backbone_frozen(self):  # no graph through a fixed backbone
             with torch.no_grad():
-                h = self.body(x)
-        else:
-            h = self.body(x)
+                return self.body(x)
+        return self.body(x)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """Features ``[n, dim]`` of backbone outputs."""
         f = self.proj(h.float())
         return nn.functional.normalize(f, dim=1) if self.normalize else f
 
@@ -222,6 +236,8 @@ def build_feature_net(cfg: FeatureConfig, pretrained: bool = True) -> nn.Module:
     if pretrained and cfg.weights:
         load_backbone_weights(backbone_of(net), cfg.weights)
     freeze_backbone(net, cfg.freeze)
+    if cfg.cache_tiles > 0:
+        net.tile_cache = TileCache(cfg.cache_tiles)  # type: ignore[assignment]
     return net
 
 
@@ -354,3 +370,67 @@ def frozen_modules(net: nn.Module) -> Iterator[nn.Module]:
 def backbone_frozen(net: nn.Module) -> bool:
     """Whether ``net``'s whole backbone is fixed (its output for a tile never changes)."""
     return "" in getattr(net, "frozen", [])
+
+
+TileKey = tuple  # (slide path, read level, x, y, *sizes): one tile of one slide
+
+
+class TileCache:
+    """Backbone outputs of up to ``max_tiles`` tiles, least recently used dropped first.
+
+    Valid only for a fully frozen backbone (its output for a tile never changes); memory is at
+    most ``max_tiles`` x the backbone's output width x 4 bytes (float32), on the device that
+    computed them. ``hits`` and ``misses`` count lookups."""
+
+    def __init__(self, max_tiles: int) -> None:
+        self.max_tiles = int(max_tiles)
+        self._rows: OrderedDict[TileKey, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, key: TileKey) -> torch.Tensor | None:
+        row = self._rows.get(key)
+        if row is None:
+            self.misses += 1
+            return None
+        self._rows.move_to_end(key)
+        self.hits += 1
+        return row
+
+    def put(self, key: TileKey, row: torch.Tensor) -> None:
+        self._rows[key] = row.detach().float()
+        self._rows.move_to_end(key)
+        while len(self._rows) > self.max_tiles:
+            self._rows.popitem(last=False)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+
+def tile_keys(path: str, level: int, size: tuple[int, ...], locations: object) -> list[TileKey]:
+    """Cache keys of tiles at level-0 ``locations`` ``[n, 2]`` (x, y) of one slide, read at
+    ``level`` with ``size`` (the read size, and the size tiles are resized to, if any)."""
+    dims = tuple(int(v) for v in size)
+    return [(str(path), int(level), int(x), int(y), *dims) for x, y in locations]
+
+
+def cached_embed(
+    net: nn.Module, tiles: torch.Tensor, keys: list[TileKey], embed: Callable
+) -> torch.Tensor | None:
+    """Backbone outputs ``[n, k]`` of ``tiles`` through ``net.tile_cache``: ``embed`` runs on the
+    tiles it lacks only. ``None`` when ``net`` has no cache or its backbone is not fully frozen."""
+    cache: TileCache | None = getattr(net, "tile_cache", None)
+    if cache is None or not backbone_frozen(net) or len(keys) != len(tiles):
+        return None
+    rows: list[torch.Tensor | None] = [cache.get(k) for k in keys]
+    missing = [i for i, row in enumerate(rows) if row is None]
+    if missing:
+        with torch.no_grad():
+            fresh = embed(tiles[missing]).float()
+        for i, row in zip(missing, fresh, strict=True):
+            cache.put(keys[i], row)
+            rows[i] = row
+    return torch.stack(rows)  # type: ignore[arg-type]

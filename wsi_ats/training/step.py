@@ -44,6 +44,7 @@ from wsi_ats.core import (
     topk_instance_loss,
 )
 from wsi_ats.models import SlideClassifier
+from wsi_ats.models.features import tile_keys
 from wsi_ats.stages import (
     SlideView,
     cells_to_locations,
@@ -65,6 +66,7 @@ class SlidePlan:
     drawn: Draw  # indices [1, N] into the flattened attention map, their proposal probabilities
     tiles: Future  # Future[uint8[N, h, w, 3]]
     exploration: torch.Tensor  # [1, N] the exploration measure at the drawn cells
+    tile_keys: list | None = None  # one cache key per tile (features.cache_tiles), else None
 
 
 @dataclass
@@ -134,7 +136,10 @@ def plan_batch(
             locs = cells_to_locations(drawn.indices, tuple(att.shape[1:]), view, cfg)[0]
             size, out_size = view_tile_size(view, cfg), view_out_size(view)
             fut = store.submit_tiles(view.path, locs, view.read_level, size, out_size)
-            plans.append(SlidePlan(s, view, drawn, fut, e.gather(1, drawn.indices)))
+            keys = None
+            if cfg.features.cache_tiles > 0:  # a frozen backbone's outputs kept across steps
+                keys = tile_keys(view.path, view.read_level, size + (out_size or ()), locs)
+            plans.append(SlidePlan(s, view, drawn, fut, e.gather(1, drawn.indices), keys))
     return plans
 
 
@@ -190,7 +195,7 @@ def train_step(
         logits = model.attention_logits(x, m)  # same weights and input as when drawing
         att = torch.softmax(logits.reshape(1, -1), dim=1)
         tiles = tiles_to_tensor(plan.tiles.result(), device)
-        feats = model.features(tiles)  # [N, D]
+        feats = model.features(tiles, plan.tile_keys)  # [N, D]
         pooled = estimate(
             att,
             plan.drawn,
