@@ -237,3 +237,24 @@ def test_the_command_prints_its_url_and_binds_loopback(out: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_one_slide_with_a_model_is_predicted_into_a_viewable_folder(
+    out: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from wsi_ats.viewer.single import predict_into, slide_id_of
+
+    assert slide_id_of("/data/a b.svs") == "a b"
+    assert slide_id_of("/data/x.ome.zarr/") == "x" and slide_id_of("s3://b/k/y.zarr") == "y"
+    slide = out.parent / "cohort" / "slide_2.tiff"
+    folder = predict_into(slide, out.parent / "model.pt", tmp_path / "one")
+    srv = make_server(folder)
+    srv.server_close()
+    entry = srv.index.get("slide_2")
+    assert list(srv.index.entries) == ["slide_2"] and entry is not None and entry.viewable
+    assert entry.path == str(slide.resolve()) and entry.row["n_draws"] == 2
+    # without --model a slide is not an output folder: the error says how to view it
+    assert main(["view", str(slide)]) == 2
+    assert "give --model RUN/model.pt" in capsys.readouterr().err
+    assert main(["view", str(slide), "--model", str(tmp_path / "none.pt")]) == 2
+    assert "none.pt" in capsys.readouterr().err
