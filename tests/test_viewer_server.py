@@ -258,3 +258,43 @@ def test_one_slide_with_a_model_is_predicted_into_a_viewable_folder(
     assert "give --model RUN/model.pt" in capsys.readouterr().err
     assert main(["view", str(slide), "--model", str(tmp_path / "none.pt")]) == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+def test_a_new_predictions_table_is_picked_up_without_a_restart(out: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "running"
+    shutil.copytree(out, folder)
+    table = folder / "predictions.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:2]) + "\n")  # a run that had finished one slide
+    srv = make_server(folder)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert [r["slide_id"] for r in json.loads(get(srv, "/api/predictions")[1])["rows"]] == [
+            "slide_0"
+        ]
+        assert get(srv, "/slide/slide_1")[0] == 404
+        table.write_text("\n".join(lines) + "\n")  # the run finished
+        rows = json.loads(get(srv, "/api/predictions")[1])["rows"]
+        assert len(rows) == 4 and get(srv, "/slide/slide_1")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_the_pages_files_ship_as_package_data() -> None:
+    """Every file the server serves is in ``static/`` and matched by pyproject's package-data."""
+    import ast
+    import fnmatch
+    import re
+
+    from wsi_ats.viewer.server import STATIC_FILES
+
+    root = Path(__file__).resolve().parents[1]
+    static = root / "wsi_ats" / "viewer" / "static"
+    assert {p.name for p in static.iterdir()} == set(STATIC_FILES)
+    text = (root / "pyproject.toml").read_text()
+    section = text.split("[tool.setuptools.package-data]", 1)[1]  # (tomllib needs Python 3.11)
+    globs = ast.literal_eval(re.search(r'"wsi_ats\.viewer" = (\[.*?\])', section)[1])
+    for name in STATIC_FILES:
+        assert any(fnmatch.fnmatch(f"static/{name}", g) for g in globs), name

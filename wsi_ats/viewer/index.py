@@ -60,6 +60,8 @@ class OutputIndex:
 
     def __init__(self, out: str | Path, manifest: str | Path | None = None) -> None:
         self.out = Path(out)
+        self.manifest = manifest
+        self.stamp = _stamp(self.out / PREDICTIONS_CSV)
         self.columns, rows = read_predictions(self.out)
         fallback = _manifest_paths(manifest) if manifest is not None else {}
         self.entries: dict[str, SlideEntry] = {}
@@ -82,6 +84,26 @@ class OutputIndex:
     def has_label(self) -> bool:
         """True when ``predictions.csv`` has the manifest's ``label`` column."""
         return "label" in self.columns
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """``(mtime_ns, size)`` of ``path``, or None when it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def fresh(index: OutputIndex) -> OutputIndex:
+    """``index``, or a new one when ``predictions.csv`` changed since it was read (a ``predict``
+    run into the folder finished meanwhile); the old one when the new table cannot be read."""
+    if _stamp(index.out / PREDICTIONS_CSV) == index.stamp:
+        return index
+    try:
+        return OutputIndex(index.out, index.manifest)
+    except (ViewerError, OSError, ValueError):
+        return index
 
 
 def read_predictions(out: Path) -> tuple[list[str], list[dict[str, Any]]]:

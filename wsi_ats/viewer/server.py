@@ -42,7 +42,7 @@ from PIL import Image
 from wsi_ats.slides import Slide, SlideCache, SlideError
 
 from . import pages
-from .index import OutputIndex, SlideEntry, attention_map
+from .index import OutputIndex, SlideEntry, attention_map, fresh
 from .tiles import (
     FORMATS,
     TileGrid,
@@ -80,13 +80,25 @@ class ViewerServer(ThreadingHTTPServer):
     def __init__(
         self, index: OutputIndex, host: str = "127.0.0.1", port: int = 0, quiet: bool = True
     ) -> None:
-        self.index = index
+        self._index = index
         self.slides = SlideCache(max_open=8)
         self.quiet = quiet
         self._grids: dict[str, TileGrid] = {}
+        self._grids_stamp = index.stamp
         self._lock = threading.Lock()
         super().__init__((host, port), ViewerHandler)
         self.loopback = _is_loopback(host)
+
+    @property
+    def index(self) -> OutputIndex:
+        """The folder's index, read again when ``predictions.csv`` changed (a ``predict`` run
+        finished while the viewer was up)."""
+        with self._lock:
+            self._index = fresh(self._index)
+            if self._index.stamp != self._grids_stamp:  # slides may have been recomputed
+                self._grids.clear()
+                self._grids_stamp = self._index.stamp
+            return self._index
 
     @property
     def url(self) -> str:
