@@ -146,7 +146,7 @@ def view_at_downsample(
         image, exact = src, k == 1
     else:
         resized = Image.fromarray(src).resize((vw, vh), Image.Resampling.BOX, box=(0, 0, bw, bh))
-        image, exact = np.asarray(resized, dtype=np.uint8), False
+        image, exact = np.array(resized, dtype=np.uint8), False  # writable
     return LowResView(
         image=np.ascontiguousarray(image),
         scale=(float(downsample), float(downsample)),

@@ -1,0 +1,319 @@
+"""Real-scale geometry: a 100k x 100k synthetic slide at 0.25 um/px (and 200k) with the default spec.
+
+For each slide (``wsi_ats.synth.write_synthetic_slide`` at ``--mpp``, JPEG pyramidal TIFF, cached in
+``--cache``; the time to write it is reported when it is written) one fresh subprocess measures:
+
+- geometry: the tiles of ``pipelines/default.toml`` (``tile_size`` px at ``tile_mpp``) and where they
+  are read from (pyramid level, read size); the share of the tissue that can be sampled: 1,000,000
+  random points on the tissue (the tissue mask of the low-res view, each point uniform in its mask
+  pixel's level-0 extent) tested against the tile boxes of **every** attention cell (the boxes
+  ``stages.cells_to_locations`` gives, the one cell-to-tile mapping). The same count for the
+  pixel-geometry spec ``pipelines/synthetic.toml`` (512 px view, 64 px tiles at level 0) on the same
+  slide shows what the old default could see;
+- attention sampling: ``predict_slide`` end to end (open, low-res view, tissue mask, attention,
+  ``n_draws x N`` cells, those tiles read, features, aggregation) with an untrained model of the
+  spec (weights do not change the cost): the median of ``--repeats`` runs after one warm-up run;
+  distinct tiles read;
+- dense tiling with the same tiles and feature network on the same slide: every tissue tile of the
+  same grid (the attention cells on tissue: one cell = one tile footprint) read at the same level
+  and pushed through ``stages.tile_features``. Only a random subset of ``--dense-tiles`` tissue
+  tiles is timed (read + features, batches of ``predict.tile_batch_size``); the time per slide is
+  the view and mask time plus tissue tiles x the measured time per tile: **extrapolated**, and the
+  output says so;
+- peak RSS of the subprocess (``ru_maxrss``) after all of the above.
+
+torch runs on ``--threads`` threads (2: the machine of the figures has 2 cores).
+
+    nice python benchmarks/real_scale.py [--sizes 100000 200000] [--out benchmarks/results/real_scale.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SPEC = ROOT / "pipelines" / "default.toml"
+PIXEL_SPEC = ROOT / "pipelines" / "synthetic.toml"
+N_POINTS = 1_000_000
+
+
+def slide_path(cache: Path, size: int, mpp: float) -> Path:
+    return cache / f"slide_{size}_{mpp:g}mpp.tiff"
+
+
+def ensure_slide(cache: Path, size: int, mpp: float) -> tuple[Path, float | None]:
+    """The cached synthetic slide (written now when missing) and the seconds it took to write."""
+    from wsi_ats.synth import write_synthetic_slide
+
+    path = slide_path(cache, size, mpp)
+    if path.exists():
+        return path, None
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp_{path.name}")
+    t0 = time.perf_counter()
+    write_synthetic_slide(tmp, size, seed=0, label=1, mpp=mpp, compression="jpeg")
+    os.replace(tmp, path)
+    return path, time.perf_counter() - t0
+
+
+def map_size_of(view, config) -> tuple[int, int]:
+    """``(mh, mw)`` of the attention map on ``view`` (``ceil(h / map_stride)``, as AttentionNet)."""
+    h, w = view.image.shape[:2]
+    stride = config.attention.map_stride
+    return (-(-h // stride), -(-w // stride))
+
+
+def sampleable_share(view, config, rng: np.random.Generator) -> dict:
+    """Share of random tissue points inside the tile box of some attention cell (all cells)."""
+    import torch
+
+    from wsi_ats.stages import cells_to_locations
+
+    map_size = map_size_of(view, config)
+    k = map_size[0] * map_size[1]
+    locs = cells_to_locations(torch.arange(k)[None], map_size, view, config)[0]  # [K, 2] (x, y)
+    side = (view.read_size or config.slide.patch_size) * view.read_downsample  # level-0 px
+    # cells form a grid: a point is covered iff its x is in some column's tile interval and its y in
+    # some row's (the tile of cell (r, c) spans the column-c x interval and the row-r y interval)
+    xs = np.sort(np.unique(locs[:, 0]).astype(np.float64))
+    ys = np.sort(np.unique(locs[:, 1]).astype(np.float64))
+    ty, tx = np.nonzero(view.mask)
+    pick = rng.integers(0, len(ty), N_POINTS)
+    sy, sx = view.scale
+    py = (ty[pick] + rng.random(N_POINTS)) * sy
+    px = (tx[pick] + rng.random(N_POINTS)) * sx
+    h0, w0 = view.level0_size
+    inside = (py < h0) & (px < w0)  # mask pixels that overhang the slide: drop those points
+    py, px = py[inside], px[inside]
+
+    def covered(p: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(starts, p, side="right") - 1
+        ok = i >= 0
+        return ok & (p < starts[np.maximum(i, 0)] + side)
+
+    hit = covered(px, xs) & covered(py, ys)
+    cell = np.array(view.image.shape[:2]) * np.array(view.scale) / np.array(map_size)
+    return {
+        "share": float(hit.mean()),
+        "points": int(len(hit)),
+        "tile_level0_px": float(side),
+        "cell_level0_px": float(cell[0]),
+        "cells": int(k),
+        "view": f"{view.image.shape[1]}x{view.image.shape[0]}",
+    }
+
+
+def run_child(path: Path, args: argparse.Namespace) -> dict:
+    """The measurements of one slide, ``args.part`` "ats" or "dense" (each in its own process, so
+    that its peak RSS is its own; prints one JSON line)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from wsi_ats.models import PipelineConfig, build_model
+    from wsi_ats.slides import open_slide
+    from wsi_ats.stages import view_slide
+
+    cfg = PipelineConfig.from_toml(args.spec)
+    model = build_model(cfg, seed=0).eval()
+    rng = np.random.default_rng(0)
+    out: dict = {"path": str(path), "file_gb": round(path.stat().st_size / 1e9, 2)}
+    with open_slide(path) as slide:
+        out["dimensions"] = list(slide.dimensions)
+        out["mpp"] = slide.mpp
+        out["levels"] = [round(d, 3) for d in slide.level_downsamples]
+    t0 = time.perf_counter()
+    view = view_slide(path, cfg)
+    out["view_s"] = time.perf_counter() - t0
+    if args.part == "ats":
+        out.update(ats_part(path, view, cfg, model, rng, args))
+    else:
+        out.update(dense_part(path, view, cfg, model, rng, args))
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def ats_part(path: Path, view, cfg, model, rng: np.random.Generator, args) -> dict:
+    """Geometry (real-scale and pixel specs) and attention sampling end to end."""
+    from wsi_ats.inference import predict_slide
+    from wsi_ats.models import PipelineConfig
+    from wsi_ats.stages import view_slide
+
+    out: dict = {
+        "geometry": {
+            "read_level": view.read_level,
+            "read_downsample": view.read_downsample,
+            "read_size": view.read_size,
+            "tile_size": view.tile_size,
+            "mpp_source": view.mpp_source,
+            **sampleable_share(view, cfg, rng),
+        }
+    }
+    pixel_cfg = PipelineConfig.from_toml(PIXEL_SPEC)
+    out["pixel_geometry"] = sampleable_share(view_slide(path, pixel_cfg), pixel_cfg, rng)
+    runs = []
+    for n_draws in args.draws:
+        t0 = time.perf_counter()
+        pred = predict_slide(path, model, n_draws=n_draws, seed=0)
+        first = time.perf_counter() - t0
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            pred = predict_slide(path, model, n_draws=n_draws, seed=0)
+            times.append(time.perf_counter() - t0)
+        runs.append(
+            {
+                "n_draws": n_draws,
+                "n_patches": pred.n_patches,
+                "first_s": first,
+                "s": float(np.median(times)),
+                "times_s": [round(t, 2) for t in times],
+                "tiles_read": int(pred.n_tiles_read),
+            }
+        )
+    out["ats"] = runs
+    return out
+
+
+def dense_part(path: Path, view, cfg, model, rng: np.random.Generator, args) -> dict:
+    """Dense tiling on the same tile grid (the cells on tissue): a timed random subset."""
+    import torch
+
+    from wsi_ats.core import mask_to_map
+    from wsi_ats.slides import open_slide
+    from wsi_ats.stages import cells_to_locations, read_tiles, tile_features
+
+    map_size = map_size_of(view, cfg)
+    tissue = mask_to_map(torch.from_numpy(view.mask)[None], map_size)[0].reshape(-1)
+    cells = torch.nonzero(tissue)[:, 0]
+    locs = cells_to_locations(cells[None], map_size, view, cfg)[0]
+    subset = locs[rng.permutation(len(locs))[: args.dense_tiles]]
+    size = (view.read_size, view.read_size)
+    out_size = None if view.tile_size == view.read_size else (view.tile_size,) * 2
+    batch = cfg.predict.tile_batch_size
+    t0 = time.perf_counter()
+    with open_slide(path) as slide, torch.no_grad():
+        for start in range(0, len(subset), batch):
+            tiles = read_tiles(
+                slide, subset[start : start + batch], view.read_level, size, out_size
+            )
+            tile_features(model, tiles, batch_size=batch)
+    t_sub = time.perf_counter() - t0
+    per_tile = t_sub / len(subset)
+    return {
+        "dense": {
+            "tissue_tiles": int(len(locs)),
+            "timed_tiles": int(len(subset)),
+            "timed_s": t_sub,
+            "s_per_tile": per_tile,
+            "slide_s": per_tile * len(locs),  # plus the view, added in the report
+        }
+    }
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    lines = [
+        "# real-scale geometry: synthetic slides at "
+        f"{args.mpp:g} um/px, spec {Path(args.spec).relative_to(ROOT)}",
+        f"# machine: {platform.machine()}, {os.cpu_count()} cores ({platform.processor() or '?'}), "
+        f"torch threads {args.threads}, load average at start {os.getloadavg()[0]:.2f} (cores "
+        "shared with other jobs)",
+        f"# command: python benchmarks/real_scale.py {' '.join(sys.argv[1:])}",
+        "",
+    ]
+    for r in rows:
+        g, p, d = r["geometry"], r["pixel_geometry"], r["dense"]
+        w, h = r["dimensions"]
+        dense_s = r["dense_view_s"] + d["slide_s"]
+        lines += [
+            f"## {w} x {h} px slide, {r['file_gb']} GB TIFF, mpp {r['mpp'][0]:g}, "
+            f"level downsamples {r['levels']}"
+            + (f", written in {r['write_s']:.0f} s" if r.get("write_s") else " (cached)"),
+            f"tiles: {g['tile_size']} px at 0.5 um/px, read at level {g['read_level']} "
+            f"(downsample {g['read_downsample']:g}) as {g['read_size']} px "
+            f"({'resized' if g['read_size'] != g['tile_size'] else 'no resize'}); one attention "
+            f"cell = {g['cell_level0_px']:g} level-0 px = one tile footprint "
+            f"({g['tile_level0_px']:g} px); low-res view {g['view']} px in {r['view_s']:.2f} s, "
+            f"{g['cells']} cells",
+            f"share of tissue that can be sampled: {g['share']:.4%} of {g['points']:,} random "
+            f"tissue points (pixel-geometry spec synthetic.toml on the same slide: {p['share']:.2%}"
+            f", {p['tile_level0_px']:g} px tiles in {p['cell_level0_px']:.0f} px cells)",
+            f"dense tiling, same tiles and feature net: {d['tissue_tiles']} tissue tiles; timed "
+            f"{d['timed_tiles']} random ones in {d['timed_s']:.1f} s ({1 / d['s_per_tile']:.1f} "
+            f"tiles/s) -> EXTRAPOLATED {dense_s:.0f} s per slide (view {r['dense_view_s']:.2f} s "
+            f"+ {d['tissue_tiles']} tiles); peak RSS {r['dense_peak_rss_mib']:.0f} MiB",
+        ]
+        for a in r["ats"]:
+            lines.append(
+                f"attention sampling, {a['n_draws']} draw(s) x N = {a['n_patches']}: "
+                f"{a['s']:.2f} s per slide (median of {len(a['times_s'])} after a warm-up: "
+                f"{a['times_s']}; first {a['first_s']:.2f} s), {a['tiles_read']} distinct tiles "
+                f"read ({d['tissue_tiles'] / a['tiles_read']:.0f}x fewer than dense): "
+                f"{dense_s / a['s']:.0f}x faster than dense"
+            )
+        lines += [
+            f"peak RSS, attention-sampling process (geometry checks and every run above): "
+            f"{r['peak_rss_mib']:.0f} MiB",
+            "",
+        ]
+    return lines
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    p.add_argument("--mpp", type=float, default=0.25)
+    p.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
+    p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "_cache" / "real_scale")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dense-tiles", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, help="also write the report here")
+    p.add_argument(
+        "--draws", type=int, nargs="+", default=[8, 4, 1], help="n_draws of the runs (spec: 8)"
+    )
+    p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--part", choices=("ats", "dense"), default="ats", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child is not None:
+        print(json.dumps(run_child(args.child, args)))
+        return 0
+    rows = []
+    for size in args.sizes:
+        path, write_s = ensure_slide(args.cache, size, args.mpp)
+        parts = {}
+        for part in ("ats", "dense"):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path)]
+            cmd += ["--part", part, "--spec", str(args.spec), "--repeats", str(args.repeats)]
+            cmd += ["--dense-tiles", str(args.dense_tiles), "--threads", str(args.threads)]
+            cmd += ["--draws", *map(str, args.draws)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise SystemExit(f"measuring {path} ({part}) failed:\n{proc.stderr[-3000:]}")
+            parts[part] = json.loads(proc.stdout.strip().splitlines()[-1])
+        row = parts["ats"]
+        row["dense"] = parts["dense"]["dense"]
+        row["dense_view_s"] = parts["dense"]["view_s"]
+        row["dense_peak_rss_mib"] = parts["dense"]["peak_rss_mib"]
+        row["write_s"] = write_s
+        rows.append(row)
+    text = "\n".join(report(rows, args)) + "\n"
+    print(text, end="")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
