@@ -7,6 +7,11 @@ fill value 255 (white; all-white background chunks are not stored). Level 0 is r
 The pyramid is written into a hidden sibling folder (``.NAME.partial-<random>``) that is renamed to ``dst``
 only once complete: an interrupted or failed conversion leaves no ``dst`` behind (and a failed
 ``overwrite=True`` keeps the previous ``dst``); a failure removes the partial folder.
+
+Sharded (``shard_size``, NGFF 0.5 / zarr v3 only): each array file is a ``shard_size`` square shard of
+small inner chunks (``chunk_size``, default ``DEFAULT_INNER_CHUNK``) with an index at its end, so a reader
+fetches (and decodes) only the inner chunks a tile needs, by byte range, from few files. Work is done one
+shard at a time (no two threads ever write one shard).
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ from .open import open_slide
 # tile at a random offset decodes ((256 + c - 1) / 256)^2 of its size (4 at c=256, 9 at c=512); only
 # c <= ~106 gets under 2, where zarr's ~0.4 ms per-chunk overhead makes reads 4x slower (c=128 measured).
 DEFAULT_CHUNK = 512
+# Sharded: inner chunks of 64 keep the read amplification of a 256 x 256 tile under 2 (isolated tile
+# ((256 + 63) / 256)^2 = 1.55); 1024 px shards: a 256-entry (4 KiB) index, read once per tile and
+# shard it touches, and ~10,000 files for a 100k x 100k level 0. See benchmarks/io.py, BENCHMARKS.md.
+DEFAULT_INNER_CHUNK = 64
+DEFAULT_SHARD = 1024
 CODECS = ("zstd", "blosc", "none")
 
 
@@ -48,7 +58,7 @@ def image_name(dst: str | Path) -> str:
 def convert_to_ome_zarr(
     src: str | os.PathLike[str] | Slide,
     dst: str | os.PathLike[str],
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | None = None,
     codec: str = "zstd",
     compression_level: int = 3,
     levels: int | None = None,
@@ -57,19 +67,33 @@ def convert_to_ome_zarr(
     overwrite: bool = False,
     threads: int = 4,
     progress: bool = False,
+    shard_size: int | None = None,
 ) -> Path:
     """Write ``src`` (a path/URL or an open ``Slide``) as an OME-Zarr at ``dst``; returns ``dst``.
 
     ``levels``: number of pyramid levels (default: halve until the longest side is ``<= min_size``).
-    ``ngff_version`` ``"0.4"`` writes zarr v2, ``"0.5"`` zarr v3. Memory: about ``threads`` chunks of
-    level 0 (``4 * chunk_size**2 * 3`` bytes each for the lower levels).
+    ``ngff_version`` ``"0.4"`` writes zarr v2, ``"0.5"`` zarr v3. ``chunk_size``: chunk side in pixels
+    (default ``DEFAULT_CHUNK``, or ``DEFAULT_INNER_CHUNK`` for the inner chunks when sharded).
+    ``shard_size``: shard side in pixels, a multiple of ``chunk_size`` (``ngff_version="0.5"`` only);
+    None writes one file per chunk. Memory: about ``threads`` write units (chunks, or shards when
+    sharded) of level 0, ``4 * unit**2 * 3`` bytes each for the lower levels.
     """
     if ngff_version not in ("0.4", "0.5"):
         raise ValueError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+    if chunk_size is None:
+        chunk_size = DEFAULT_CHUNK if shard_size is None else DEFAULT_INNER_CHUNK
     if chunk_size <= 0 or chunk_size % 2:
         raise ValueError(f"chunk_size must be a positive even number, got {chunk_size}")
+    if shard_size is not None:
+        if ngff_version != "0.5":
+            raise ValueError("sharding needs zarr v3: pass ngff_version='0.5' with shard_size")
+        if shard_size <= 0 or shard_size % chunk_size:
+            raise ValueError(
+                f"shard_size must be a positive multiple of chunk_size ({chunk_size}), "
+                f"got {shard_size}"
+            )
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists (pass overwrite=True to replace it)")
@@ -89,6 +113,7 @@ def convert_to_ome_zarr(
             ngff_version,
             threads,
             progress,
+            shard_size,
         )
         if dst.exists():  # overwrite=True: the old copy goes only once the new one is complete
             shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
@@ -114,6 +139,7 @@ def _convert(
     ngff_version: str,
     threads: int,
     progress: bool,
+    shard: int | None = None,
 ) -> None:
     w0, h0 = slide.dimensions
     if levels is None:
@@ -122,13 +148,19 @@ def _convert(
     zarr_format = 2 if ngff_version == "0.4" else 3
     group = zarr.open_group(dst, mode="w", zarr_format=zarr_format)
     arrays = [
-        group.create_array(str(i), **_array_kwargs(shape, chunk, codec, clevel, zarr_format))
+        group.create_array(str(i), **_array_kwargs(shape, chunk, codec, clevel, zarr_format, shard))
         for i, shape in enumerate(shapes)
     ]
-    total = sum(math.ceil(h / chunk) * math.ceil(w / chunk) for h, w in shapes)
+    unit = chunk if shard is None else shard  # what one task writes: never two tasks per file
+    total = sum(math.ceil(h / unit) * math.ceil(w / unit) for h, w in shapes)
     with (
         ThreadPoolExecutor(max(1, threads), thread_name_prefix="wsi-ats-convert") as pool,
-        tqdm(total=total, unit="chunk", desc=f"convert {name}", disable=not progress) as bar,
+        tqdm(
+            total=total,
+            unit="chunk" if shard is None else "shard",
+            desc=f"convert {name}",
+            disable=not progress,
+        ) as bar,
     ):
         for i, arr in enumerate(arrays):
             h, w = shapes[i]
@@ -142,7 +174,7 @@ def _convert(
                 w: int = w,
             ) -> None:
                 y, x = key
-                ch, cw = min(chunk, h - y), min(chunk, w - x)
+                ch, cw = min(unit, h - y), min(unit, w - x)
                 if prev is None:
                     block = slide.read_region((x, y), 0, (cw, ch))
                 else:
@@ -150,8 +182,8 @@ def _convert(
                     block = area_reduce(src.transpose(1, 2, 0), 2)
                 arr[:, y : y + ch, x : x + cw] = block.transpose(2, 0, 1)
 
-            for y in range(0, h, chunk):  # one chunk row at a time: bounded pending work
-                for _ in pool.map(task, [(y, x) for x in range(0, w, chunk)]):
+            for y in range(0, h, unit):  # one row of units at a time: bounded pending work
+                for _ in pool.map(task, [(y, x) for x in range(0, w, unit)]):
                     bar.update(1)
     mpp = slide.mpp
     attrs = ngff_attributes(name, levels, mpp, ngff_version)
@@ -159,7 +191,12 @@ def _convert(
 
 
 def _array_kwargs(
-    shape: tuple[int, int], chunk: int, codec: str, clevel: int, zarr_format: int
+    shape: tuple[int, int],
+    chunk: int,
+    codec: str,
+    clevel: int,
+    zarr_format: int,
+    shard: int | None = None,
 ) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "shape": (3, *shape),
@@ -172,6 +209,8 @@ def _array_kwargs(
         kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
     else:
         kwargs["dimension_names"] = ["c", "y", "x"]
+        if shard is not None:
+            kwargs["shards"] = (3, shard, shard)
     return kwargs
 
 

@@ -2,6 +2,9 @@
 
 ``read_regions`` works out the chunks that cover the requested tiles, fetches each of them once per call
 (concurrently, in a per-slide thread pool) and assembles the tiles from them; nothing else is read.
+On a sharded (zarr v3) array the chunks are the inner chunks; the needed ones are fetched a rectangle
+per zarr call, each inside one shard, so that zarr reads that shard's index once for them and then
+only their byte ranges (one zarr call per inner chunk costs ~1 ms of overhead and an index read each).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ CHUNK_BUDGET_BYTES = 256 * 2**20  # decoded chunks held at once by one read_regi
 HTTP_TIMEOUT_S = 60.0
 _UNITS_TO_UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "meter": 1e6}
 _Key = tuple[int, int]
+_Rect = tuple[int, int, int, int]  # chunk rows r0..r1-1, columns c0..c1-1
 
 
 class OmeZarrSlide(PooledSlide):
@@ -133,30 +137,89 @@ class OmeZarrSlide(PooledSlide):
                 )
 
     def _fetch_many(self, level: int, keys: list[_Key]) -> list[np.ndarray]:
-        return list(self._map(lambda k: self._fetch(level, k), keys))
+        shards = self._arrays[level].shards
+        if shards is None:
+            return list(self._map(lambda k: self._fetch(level, k), keys))
+        cy, cx = self._chunk_yx(level)
+        per_shard = (int(shards[self._iy]) // cy, int(shards[self._ix]) // cx)
+        rects = _shard_rects(keys, per_shard)
+        blocks: dict[_Key, np.ndarray] = {}
+        fetched = self._map(lambda q: self._fetch_rect(level, q), rects)
+        for rect, block in zip(rects, fetched, strict=True):
+            r0, _, c0, _ = rect
+            for r, c in _rect_keys(rect):  # per-chunk views of the rectangle
+                blocks[(r, c)] = block[(r - r0) * cy : (r - r0 + 1) * cy, (c - c0) * cx :][:, :cx]
+        return [blocks[k] for k in keys]
 
     def _fetch(self, level: int, key: _Key) -> np.ndarray:
         """Chunk ``key=(row, col)`` of ``level`` as a ``[bh, bw, C]`` view (C = channels)."""
+        r, c = key
+        return self._fetch_rect(level, (r, r + 1, c, c + 1))
+
+    def _fetch_rect(self, level: int, rect: _Rect) -> np.ndarray:
+        """The chunks of rows ``r0..r1-1`` and columns ``c0..c1-1`` of ``level`` (``rect=(r0, r1, c0,
+        c1)``) as one ``[bh, bw, C]`` view (C = channels)."""
         arr = self._arrays[level]
         cy, cx = self._chunk_yx(level)
-        r, c = key
+        r0, r1, c0, c1 = rect
         sel: list[Any] = [0] * arr.ndim
-        sel[self._iy] = slice(r * cy, (r + 1) * cy)
-        sel[self._ix] = slice(c * cx, (c + 1) * cx)
+        sel[self._iy] = slice(r0 * cy, r1 * cy)
+        sel[self._ix] = slice(c0 * cx, c1 * cx)
         if self._ic is not None:
             sel[self._ic] = slice(None)
         try:
             block = np.asarray(arr[tuple(sel)])
         except Exception as exc:  # zarr, its codecs and fsspec raise many unrelated types
+            one = (r1 - r0, c1 - c0) == (1, 1)
+            where = f"(row {r0}, col {c0})" if one else f"rows {r0}-{r1 - 1}, cols {c0}-{c1 - 1}"
             raise SlideReadError(
-                self.path,
-                f"cannot read chunk (row {r}, col {c}) of level {level} ({describe(exc)})",
+                self.path, f"cannot read chunk {where} of level {level} ({describe(exc)})"
             ) from exc
         kept = [a for i, a in enumerate(self._axes) if isinstance(sel[i], slice)]
         if self._ic is None:
             return block[..., None] if kept == ["y", "x"] else block.T[..., None]
         order = [kept.index("y"), kept.index("x"), kept.index(self._axes[self._ic])]
         return block.transpose(order)
+
+
+def _rect_keys(rect: _Rect) -> list[_Key]:
+    r0, r1, c0, c1 = rect
+    return [(r, c) for r in range(r0, r1) for c in range(c0, c1)]
+
+
+def _shard_rects(keys: Sequence[_Key], per_shard: tuple[int, int]) -> list[_Rect]:
+    """Rectangles ``(r0, r1, c0, c1)`` (end-exclusive chunk rows and columns) that cover ``keys``
+    exactly, each inside one shard of ``per_shard`` ``(rows, cols)`` chunks: per shard, each 4-connected
+    group of keys as one rectangle when it is one, else one rectangle per run of a chunk row."""
+    sy, sx = per_shard
+    by_shard: dict[_Key, set[_Key]] = {}
+    for r, c in keys:
+        by_shard.setdefault((r // sy, c // sx), set()).add((r, c))
+    rects: list[_Rect] = []
+    for shard_keys in by_shard.values():
+        left = set(shard_keys)
+        while left:
+            stack, group = [left.pop()], []
+            while stack:  # one 4-connected group
+                r, c = stack.pop()
+                group.append((r, c))
+                for n in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+                    if n in left:
+                        left.remove(n)
+                        stack.append(n)
+            rows, cols = [k[0] for k in group], [k[1] for k in group]
+            box = (min(rows), max(rows) + 1, min(cols), max(cols) + 1)
+            if (box[1] - box[0]) * (box[3] - box[2]) == len(group):
+                rects.append(box)
+                continue
+            for r in sorted(set(rows)):  # not a rectangle: one per run of consecutive columns
+                run = sorted(c for rr, c in group if rr == r)
+                start = run[0]
+                for a, b in zip(run, [*run[1:], None], strict=True):
+                    if b != a + 1:
+                        rects.append((r, r + 1, start, a + 1))
+                        start = b
+    return rects
 
 
 class _TilePlan:
