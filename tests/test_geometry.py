@@ -128,8 +128,11 @@ def test_a_slide_without_plausible_mpp_is_an_error_unless_an_assumption_is_state
     with pytest.raises(SlideResolutionError, match=r"352\.8 um/px.*72-dpi") as info:
         view_slide(dpi72, PHYSICAL)
     assert str(dpi72) in str(info.value)
-    assumed = view_slide(none, PHYSICAL.replace(slide={"assume_mpp": 0.5}))
+    guess = PHYSICAL.replace(slide={"assume_mpp": 0.5})
+    assumed = view_slide(none, guess)
     assert assumed.mpp_source == "assumed" and assumed.scale == (16.0, 16.0)
+    smp = sample_slide(assumed, build_model(guess, seed=0), n_draws=1, seed=0)
+    assert "resolution assumed: 0.5 um/px (slide.assume_mpp)" in smp.warnings
     stated = view_slide(dpi72, PHYSICAL, mpp=0.25)  # the manifest's value wins
     assert stated.mpp_source == "manifest" and stated.read_level == 1
     # the spec's assumption never overrides a plausible mpp of the slide itself

@@ -54,6 +54,19 @@ def test_cmu_geometry_with_the_default_spec() -> None:
     assert 0.2 < view.mask.mean() < 0.98  # an H&E crop: mostly tissue, some background
 
 
+def test_ome_zarr_mpp_gives_the_same_geometry(tmp_path: Path) -> None:
+    """OME-NGFF coordinateTransformations carry the mpp: the converted slide's view and tiles match."""
+    from wsi_ats.slides import convert_to_ome_zarr
+
+    cfg = PipelineConfig.from_toml(DEFAULT)
+    zarr = convert_to_ome_zarr(CMU, tmp_path / "cmu.zarr", chunk_size=512)
+    a, b = view_slide(CMU, cfg), view_slide(zarr, cfg)
+    assert b.mpp == pytest.approx(a.mpp) and b.mpp_source == "slide"
+    assert (b.read_level, b.read_size, b.scale) == (a.read_level, a.read_size, a.scale)
+    assert b.image.shape == a.image.shape
+    assert np.abs(b.image.astype(int) - a.image.astype(int)).max() <= 2  # other pyramid, rounding
+
+
 def test_predict_with_the_default_spec_on_the_real_fixtures(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -319,6 +319,8 @@ def sample_slide(
             int((att > 0).sum()), n, getattr(model, "data_range", None),
         )
     )  # fmt: skip
+    if view.mpp_source == "assumed":  # the spec's guess, not the slide's own resolution
+        smp.warnings += (f"resolution assumed: {view.mpp[0]:g} um/px (slide.assume_mpp)",)
     return smp
 
 
