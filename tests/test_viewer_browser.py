@@ -4,7 +4,7 @@ resolution, draws the attention and the tile outlines, shows tile details on hov
 gallery at level 0; the console stays free of errors.
 
 With ``WSI_ATS_VIEWER_SCREENSHOTS=DIR`` the screenshots are also saved there (the README's
-``docs/img/viewer-cohort.png`` and ``docs/img/viewer-slide.png`` come from this).
+``docs/img/viewer-*.png`` come from this).
 """
 
 from __future__ import annotations
@@ -158,6 +158,7 @@ def test_slide_page_renders_zooms_and_draws_the_overlays(
         browser.mouse("mouseWheel", cx, cy, deltaX=0, deltaY=-300)
     stats = browser.wait_for(f"{VIEWER_READY} && wsiViewer.stats.zoom === 0 && wsiViewer.stats")
     assert stats["zoom"] == 0 and browser.evaluate("wsiViewer.view.scale") >= 1
+    assert browser.evaluate("document.getElementById('tooltip').hidden")  # no stale details
     deep = image(browser.screenshot())[y0:y1, x0:x1]
     assert deep.std() > 5 and np.abs(deep - fit_px).mean() > 10
     # the tiles of zoom 0 came from the server (the canvas shows them, not a stretched coarse one)
@@ -176,6 +177,17 @@ def test_slide_page_renders_zooms_and_draws_the_overlays(
     first = browser.evaluate("wsiViewer.info.gallery[0]")
     view = browser.wait_for(f"{VIEWER_READY} && wsiViewer.view")
     assert view["cx"] == first["x"] + first["w"] / 2 and view["cy"] == first["y"] + first["h"] / 2
+    browser.evaluate("window.scrollTo(0, 0)")
+    x0, y0, x1, y1 = viewer_box(browser)
+    browser.mouse("mouseMoved", (x0 + x1) / 2 + 5, (y0 + y1) / 2 + 5)  # over that tile
+    tip = browser.wait_for(
+        "!document.getElementById('tooltip').hidden && document.getElementById('tooltip').textContent"
+    )
+    draw, rank = first["draws"][0]
+    assert (
+        f"draw {draw} · rank {rank} · attention" in tip and f"({first['x']}, {first['y']})" in tip
+    )
+    save("viewer-slide-zoomed.png", browser.screenshot())
     assert browser.errors == []
 
 

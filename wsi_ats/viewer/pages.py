@@ -117,6 +117,7 @@ def slide_info(entry: SlideEntry, slide: Slide) -> dict[str, Any]:
     return {
         "slide_id": entry.slide_id,
         "name": entry.name,
+        "path": entry.path,
         "row": entry.row,
         "record": {k: v for k, v in record.items() if k != "draw_probabilities"},
         "draw_probabilities": record.get("draw_probabilities", []),

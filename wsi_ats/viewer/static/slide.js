@@ -50,7 +50,7 @@
     view.scale = fitScale();
     view.cx = info.width / 2;
     view.cy = info.height / 2;
-    requestDraw();
+    moved();
   }
 
   function zoomAt(sx, sy, factor) {
@@ -58,14 +58,14 @@
     view.scale = Math.max(fitScale() / 2, Math.min(MAX_SCALE, view.scale * factor));
     view.cx = x - (sx - view.w / 2) / view.scale;
     view.cy = y - (sy - view.h / 2) / view.scale;
-    requestDraw();
+    moved();
   }
 
   function goTo(x, y, w, h) {
     view.cx = x + w / 2;
     view.cy = y + h / 2;
     view.scale = Math.min(MAX_SCALE, Math.min(view.w, view.h) / (Math.max(w, h) * 4));
-    requestDraw();
+    moved();
   }
 
   function resize() {
@@ -184,6 +184,13 @@
     if (!frame) frame = requestAnimationFrame(draw);
   }
 
+  // the view moved under a still mouse: the tooltip no longer describes what is under it
+  function moved() {
+    tooltip.hidden = true;
+    hovered = null;
+    requestDraw();
+  }
+
   // ------------------------------------------------------------------ interaction
   function tilesAt(sx, sy) {
     const [x, y] = toLevel0(sx, sy);
@@ -249,7 +256,7 @@
         ArrowLeft: () => { view.cx -= step; }, ArrowRight: () => { view.cx += step; },
         ArrowUp: () => { view.cy -= step; }, ArrowDown: () => { view.cy += step; },
       };
-      if (keys[e.key]) { e.preventDefault(); keys[e.key](); requestDraw(); }
+      if (keys[e.key]) { e.preventDefault(); keys[e.key](); moved(); }
     });
     for (const input of Object.values(ui)) input.addEventListener("input", requestDraw);
     window.addEventListener("resize", resize);
@@ -279,7 +286,7 @@
     add("slide", `${info.width} x ${info.height} px, ${info.levels.length} levels`);
     if (info.mpp) add("mpp", `${fmt(info.mpp[0], 4)} µm/px`);
     if (rec.warnings) add("warnings", rec.warnings, "warn");
-    add("file", rec.slide_path || "");
+    add("file", info.path);
     box.appendChild(dl);
     document.getElementById("slide-title").textContent = info.slide_id;
     let verdict = `p = ${fmt(rec.probability)}`;
@@ -322,9 +329,10 @@
         img.alt = `sampled tile at (${g.x}, ${g.y})`;
         img.loading = "lazy";
         fig.appendChild(img);
-        const draws = g.draws.map((d) => `d${d[0]} r${d[1]}`).join(", ");
-        fig.appendChild(el("figcaption", "", `${sci(g.attention)} · ${draws}`));
-        fig.title = `level-0 (${g.x}, ${g.y}) ${g.w} x ${g.h} px: click to go there`;
+        const draws = g.draws.map((d) => `draw ${d[0]} rank ${d[1]}`).join(", ");
+        const drawn = g.draws.length === 1 ? `d${g.draws[0][0]} r${g.draws[0][1]}` : `${g.draws.length} draws`;
+        fig.appendChild(el("figcaption", "", `${sci(g.attention)} · ${drawn}`));
+        fig.title = `${draws}\nlevel-0 (${g.x}, ${g.y}) ${g.w} x ${g.h} px: click to go there`;
         fig.addEventListener("click", () => {
           active = `${g.x},${g.y},${g.w},${g.h}`;
           for (const f of box.children) f.classList.remove("active");
