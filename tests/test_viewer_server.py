@@ -298,3 +298,33 @@ def test_the_pages_files_ship_as_package_data() -> None:
     globs = ast.literal_eval(re.search(r'"wsi_ats\.viewer" = (\[.*?\])', section)[1])
     for name in STATIC_FILES:
         assert any(fnmatch.fnmatch(f"static/{name}", g) for g in globs), name
+
+
+def test_a_zoom_without_a_pyramid_level_is_area_averaged_in_bounded_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from slide_factory import test_image, write_pyramidal_tiff
+
+    from wsi_ats.viewer import read_tile, tiles
+
+    img = test_image(600, 1000, seed=3)
+    path = write_pyramidal_tiff(tmp_path / "flat.tiff", img, tile=128, levels=1)
+    grid = TileGrid(1000, 600)
+    reads: list[tuple[int, int]] = []
+    with open_slide(path) as slide:
+        assert slide.level_count == 1
+        whole = read_tile(slide, grid, 2, 0, 0)  # downsample 4 from level 0, one read
+        expected = img.reshape(150, 4, 250, 4, 3).mean(axis=(1, 3))
+        assert whole.shape == (150, 250, 3)
+        assert np.abs(whole - expected).max() <= 1.0
+        original = slide.read_region
+
+        def spy(location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+            reads.append(size)
+            return original(location, level, size)
+
+        monkeypatch.setattr(slide, "read_region", spy)
+        monkeypatch.setattr(tiles, "MAX_READ", 64)
+        blocks = read_tile(slide, grid, 2, 0, 0)
+    np.testing.assert_array_equal(blocks, whole)
+    assert len(reads) == 16 * 10 and max(max(s) for s in reads) <= 64

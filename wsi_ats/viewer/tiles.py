@@ -5,7 +5,9 @@ to :attr:`TileGrid.max_zoom` (the whole slide in one tile). Tile ``(col, row)`` 
 covers the level-0 box ``x0 = col * 256 * d``, ``y0 = row * 256 * d``, ``256 * d`` on a side cut
 at the slide's edge, so edge tiles are smaller (as in DeepZoom) and no tile holds padding. A tile
 is read from the pyramid level whose downsample is ``d`` when there is one (then its pixels are
-``read_region`` of that level, exactly), else from the next finer level and area-averaged.
+``read_region`` of that level, exactly), else from the next finer level and area-averaged, in
+blocks whose reads are at most :data:`MAX_READ` pixels a side (a slide without a pyramid costs
+time at coarse zooms, never unbounded memory).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ TILE = 256  # tile side in pixels of its zoom
 FORMATS = {"jpg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png")}
 JPEG_QUALITY = 90
 DECADES = 3.0  # the attention overlay's log scale spans the peak and this many decades below
+MAX_READ = 2048  # the largest side of one read for a zoom without a pyramid level
 
 
 class TileOutOfRange(ValueError):
@@ -78,10 +81,21 @@ def read_tile(slide: Slide, grid: TileGrid, z: int, col: int, row: int) -> np.nd
     ds = float(slide.level_downsamples[level])
     if math.isclose(ds, d, rel_tol=1e-6):
         return slide.read_region((x0, y0), level, (w, h))
-    # no level at this downsample: read the finer level's pixels and area-average them
-    lw, lh = max(1, math.ceil(w0 / ds)), max(1, math.ceil(h0 / ds))
-    pixels = slide.read_region((x0, y0), level, (lw, lh))
-    return np.asarray(Image.fromarray(pixels).resize((w, h), Image.Resampling.BOX))
+    # no level at this downsample: area-average the finer level's pixels, in blocks of output
+    # pixels whose reads stay within MAX_READ a side (a slide without a pyramid stays in memory)
+    block = max(1, int(MAX_READ * ds / d))
+    out = np.empty((h, w, 3), np.uint8)
+    for by in range(0, h, block):
+        for bx in range(0, w, block):
+            bw, bh = min(block, w - bx), min(block, h - by)
+            # level-0 box of these output pixels, cut at the slide's edge
+            lx, ly = x0 + int(bx * d), y0 + int(by * d)
+            l0w, l0h = min(int(bw * d), x0 + w0 - lx), min(int(bh * d), y0 + h0 - ly)
+            size = (max(1, math.ceil(l0w / ds)), max(1, math.ceil(l0h / ds)))
+            pixels = slide.read_region((lx, ly), level, size)
+            small = Image.fromarray(pixels).resize((bw, bh), Image.Resampling.BOX)
+            out[by : by + bh, bx : bx + bw] = np.asarray(small)
+    return out
 
 
 def encode(pixels: np.ndarray, fmt: str = "jpg") -> bytes:
