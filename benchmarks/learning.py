@@ -87,6 +87,7 @@ COHORTS = {
 
 #: every remedy off: the paper's attention sampling with this pipeline's geometry
 PLAIN = {
+    "attention": {"activation": "relu"},
     "features": {"normalize": False},
     "train": {
         "attention_lr": 1e-3, "control_variate": "none", "instance_coef": 0.0,
@@ -96,6 +97,7 @@ PLAIN = {
 
 #: the defaults before the contrast strata (found on the scored standard cohort, 10 epochs)
 PREVIOUS = {
+    "attention": {"activation": "relu"},
     "train": {
         "attention_lr": 3e-4, "distill_coef": 1.0, "explore": 0.9, "explore_epochs": 8,
         "explore_rarity": 1.0, "explore_context": 0,
@@ -107,7 +109,7 @@ MAIN_ROWS = {
     "1. default remedies, no prior": {},
     "2. default remedies + prior 24": {"attention": {"prior": PRIOR}},
     "3. prior 24 only, attention frozen": {
-        "attention": {"prior": PRIOR},
+        "attention": {"prior": PRIOR, "activation": "relu"},  # frozen: as in the last round
         "train": {"attention_lr": 0.0, "distill_coef": 0.0, "explore": 0.0},
     },
     "4. plain attention sampling, no prior": PLAIN,
@@ -129,6 +131,7 @@ ABLATION_ROWS = {
     "distill1": ("distillation weight 1 (not 10)", {"train": {"distill_coef": 1.0}}),
     "lr": ("attention lr 3e-4 (not 1e-3)", {"train": {"attention_lr": 3e-4}}),
     "normalize": ("- feature normalisation", {"features": {"normalize": False}}),
+    "relu": ("- leaky attention units (relu)", {"attention": {"activation": "relu"}}),
     "previous": ("previous defaults (first round)", PREVIOUS),
     "plain": ("plain (every remedy off)", PLAIN),
 }
@@ -164,10 +167,11 @@ def trained(
     model: SlideClassifier | None = None,
 ) -> RunSummary:
     """Train into ``run_dir`` unless a finished run with the same config is there already."""
-    want = json.dumps(asdict(config or model.config), sort_keys=True)
+    wanted = config or model.config
+    want = json.dumps(asdict(wanted), sort_keys=True)
     for done in [run_dir, *sorted(run_dir.parent.glob("*"))]:  # same spec: same run, reused
         spec, summary = done / "spec.json", done / "summary.json"
-        if summary.exists() and spec.exists() and spec.read_text() == want:
+        if summary.exists() and spec.exists() and _same_spec(spec, wanted):
             return RunSummary(**json.loads(summary.read_text()))
     summary = run_dir / "summary.json"
     t0 = time.perf_counter()
@@ -178,6 +182,12 @@ def trained(
     (run_dir / "spec.json").write_text(want)
     summary.write_text(json.dumps(asdict(out)))
     return out
+
+
+def _same_spec(spec: Path, config: PipelineConfig) -> bool:
+    """Whether a cached run's ``spec.json`` is ``config`` (fields added since it was written take
+    the values it was trained with, as when a checkpoint is loaded)."""
+    return PipelineConfig.from_saved(json.loads(spec.read_text())) == config
 
 
 def uniform_share(slides: list[LabelledSlide], config: PipelineConfig, boxes: dict) -> float:
@@ -341,7 +351,10 @@ def main_table(args: argparse.Namespace, config: PipelineConfig) -> list[str]:
     init = evaluate_sampling(untrained, [s for s in test if s.label == 1], boxes).hit_share
 
     name = "5. uniform sampling over tissue, same N"
-    uni_cfg = merge(config, {"train": {"explore": 0.0, "distill_coef": 0.0}})
+    uni_cfg = merge(  # the attention net is replaced: its activation is moot (last round's run)
+        config,
+        {"attention": {"activation": "relu"}, "train": {"explore": 0.0, "distill_coef": 0.0}},
+    )
     torch.manual_seed(config.train.seed)
     stride = config.attention.map_stride
     uni_model = SlideClassifier(uni_cfg, attention_net=UniformAttention(stride))

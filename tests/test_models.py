@@ -29,7 +29,9 @@ def test_shipped_pipelines_parse(name: str) -> None:
         assert cfg == PipelineConfig() and not cfg.slide.physical
     if name == "default.toml":  # real slides: 256 px tiles at 0.5 um/px, one cell per tile
         assert cfg.slide.physical and (cfg.slide.tile_mpp, cfg.slide.tile_size) == (0.5, 256)
-        assert cfg.diff(PipelineConfig()) == ["slide.tile_mpp", "attention.map_stride"]
+        assert cfg.diff(PipelineConfig()) == [
+            "slide.tile_mpp", "attention.map_stride", "predict.tile_batch_size"
+        ]  # fmt: skip
 
 
 def test_every_field_is_documented_in_default_toml() -> None:
@@ -148,3 +150,40 @@ def test_non_checkpoints_are_rejected(tmp_path: Path) -> None:
         load_model(junk)
     with pytest.raises(CheckpointError, match="no such"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_checkpoint_from_before_the_activation_field_loads_with_relu(tmp_path: Path) -> None:
+    """A checkpoint that does not record ``attention.activation`` was trained with ReLUs: it must
+    load as such (not with today's leaky default) and give the attention it was saved with."""
+    cfg = PipelineConfig().replace(attention={"activation": "relu"})
+    model = build_model(cfg, seed=3).eval()
+    path = save_checkpoint(tmp_path / "old" / "model.pt", model, epoch=1)
+    raw = torch.load(path, weights_only=True)
+    del raw["config"]["attention"]["activation"]  # as written before the field existed
+    torch.save(raw, path)
+    loaded = load_model(path)
+    assert loaded.config.attention.activation == "relu"
+    x = torch.rand(1, 3, 48, 48)
+    torch.testing.assert_close(loaded.attention(x), model.attention(x))
+    leaky = build_model(PipelineConfig(), seed=3).eval()
+    leaky.load_state_dict(model.state_dict())  # same weights, other units: another attention
+    assert not torch.allclose(leaky.attention(x), model.attention(x))
+    with pytest.raises(CheckpointError, match="attention.activation"):
+        load_model(path, config=PipelineConfig())
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_a_switched_off_attention_trunk_keeps_a_gradient_only_when_leaky(activation: str) -> None:
+    """Every trunk unit pushed below zero (what a noisy early push of the logits can do): the map
+    is flat, and with ReLUs no gradient reaches the trunk again; leaky units still learn."""
+    cfg = PipelineConfig().replace(attention={"activation": activation})
+    model = build_model(cfg, seed=0)
+    with torch.no_grad():
+        for layer in model.attention_net.trunk:
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.bias.fill_(-100.0)
+    logits = model.attention_logits(torch.rand(1, 3, 64, 64))
+    (logits * torch.randn_like(logits)).sum().backward()
+    first = next(iter(model.attention_net.trunk)).weight.grad
+    grad = 0.0 if first is None else float(first.abs().sum())
+    assert (grad > 0) == (activation == "leaky_relu")

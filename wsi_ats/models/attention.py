@@ -22,7 +22,12 @@ class AttentionNet(nn.Module):
     """
 
     def __init__(
-        self, width: int = 16, depth: int = 3, map_stride: int = 2, prior: float = 0.0
+        self,
+        width: int = 16,
+        depth: int = 3,
+        map_stride: int = 2,
+        prior: float = 0.0,
+        activation: str = "leaky_relu",
     ) -> None:
         super().__init__()
         self.prior = float(prior)
@@ -34,7 +39,9 @@ class AttentionNet(nn.Module):
             stride = 2 if i < n_down else 1
             layers += [
                 nn.Conv2d(channels, width, 3, stride=stride, padding=1),
-                nn.ReLU(inplace=True),
+                nn.LeakyReLU(0.1, inplace=True)
+                if activation == "leaky_relu"
+                else nn.ReLU(inplace=True),
             ]
             channels = width
         self.trunk = nn.Sequential(*layers)
@@ -44,7 +51,13 @@ class AttentionNet(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: AttentionConfig) -> AttentionNet:
-        return cls(width=cfg.width, depth=cfg.depth, map_stride=cfg.map_stride, prior=cfg.prior)
+        return cls(
+            width=cfg.width,
+            depth=cfg.depth,
+            map_stride=cfg.map_stride,
+            prior=cfg.prior,
+            activation=cfg.activation,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.score(self.trunk((x - 0.5) * 4.0))

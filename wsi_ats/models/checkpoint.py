@@ -106,7 +106,7 @@ def load_model(
     path = checkpoint_file(path)
     ckpt = read_checkpoint(path, map_location)
     try:
-        saved = PipelineConfig.from_dict(ckpt["config"])
+        saved = PipelineConfig.from_saved(ckpt["config"])
     except ConfigError as exc:
         raise CheckpointError(path, f"its config is not valid here: {exc}") from None
     if config is not None:

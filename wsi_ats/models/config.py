@@ -69,6 +69,7 @@ class AttentionConfig:
     depth: int = 3  # number of 3x3 convolutions (>= 1)
     map_stride: int = 2  # low-res pixels per attention cell along each axis (1, 2, 4 or 8)
     prior: float = 0.0  # strength of the stain-density prior added to the logits (0 = none)
+    activation: str = "leaky_relu"  # "leaky_relu" (slope 0.1) or "relu" (checkpoints from before)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,19 @@ class PipelineConfig:
             raise ConfigError(str(exc), path) from None
 
     @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> PipelineConfig:
+        """The config a checkpoint recorded. A field added after the checkpoint was written takes
+        the value that reproduces how that checkpoint was trained (:data:`SAVED_BEFORE`), not
+        today's default."""
+        if not isinstance(data, dict):
+            raise ConfigError("a pipeline spec must be a table of sections")
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        for (section, name), old in SAVED_BEFORE.items():
+            if isinstance(data.get(section), dict):
+                data[section].setdefault(name, old)
+        return cls.from_dict(data)
+
+    @classmethod
     def from_toml(cls, path: str | Path) -> PipelineConfig:
         """Read a pipeline spec from a TOML file (raises :class:`ConfigError` naming it)."""
         path = Path(path)
@@ -349,6 +363,10 @@ def _validate(cfg: PipelineConfig) -> None:
         (cfg.attention.width >= 1, "attention.width must be >= 1"),
         (cfg.attention.depth >= 1, "attention.depth must be >= 1"),
         (cfg.attention.prior >= 0, "attention.prior must be >= 0"),
+        (
+            cfg.attention.activation in ("leaky_relu", "relu"),
+            'attention.activation must be "leaky_relu" or "relu"',
+        ),
         (cfg.attention.map_stride in (1, 2, 4, 8), "attention.map_stride must be 1, 2, 4 or 8"),
         (
             cfg.features.backbone == "compact"
@@ -423,6 +441,10 @@ def _validate(cfg: PipelineConfig) -> None:
             raise ConfigError(message)
     _check_cell_coverage(cfg)
 
+
+#: fields whose default changed after checkpoints were written: (section, field) -> the value a
+#: checkpoint that does not record the field was trained with
+SAVED_BEFORE: dict[tuple[str, str], Any] = {("attention", "activation"): "relu"}
 
 #: a tile must cover at least this share of its attention cell, or tissue is left unreadable
 MIN_CELL_COVERAGE = 0.5

@@ -83,7 +83,7 @@ def model_reference(path: str | Path) -> tuple[ModelRef, str, Any]:
     ckpt = read_checkpoint(path)
     ref = ModelRef.from_path(path)
     try:
-        config = PipelineConfig.from_dict(ckpt["config"])
+        config = PipelineConfig.from_saved(ckpt["config"])
     except ConfigError as exc:
         raise CheckpointError(ref.path, f"its config is not valid here: {exc}") from None
     with open(ref.path, "rb") as f:

@@ -305,7 +305,7 @@ def _resume_state(last: Path, config: PipelineConfig | None) -> tuple[dict, Pipe
         raise CheckpointError(last, "no last.pt to resume from; run without --resume to start")
     state = read_checkpoint(last)
     try:
-        saved = PipelineConfig.from_dict(state["config"])
+        saved = PipelineConfig.from_saved(state["config"])
     except ConfigError as exc:
         raise CheckpointError(last, f"its config is not valid here: {exc}") from None
     if config is None:
