@@ -1,26 +1,26 @@
 """Real-scale geometry: a 100k x 100k synthetic slide at 0.25 um/px (and 200k) with the default spec.
 
 For each slide (``wsi_ats.synth.write_synthetic_slide`` at ``--mpp``, JPEG pyramidal TIFF, cached in
-``--cache``; the time to write it is reported when it is written) one fresh subprocess measures:
+``--cache``; the time to write it is reported when it is written) two fresh subprocesses measure:
 
-- geometry: the tiles of ``pipelines/default.toml`` (``tile_size`` px at ``tile_mpp``) and where they
-  are read from (pyramid level, read size); the share of the tissue that can be sampled: 1,000,000
-  random points on the tissue (the tissue mask of the low-res view, each point uniform in its mask
-  pixel's level-0 extent) tested against the tile boxes of **every** attention cell (the boxes
-  ``stages.cells_to_locations`` gives, the one cell-to-tile mapping). The same count for the
-  pixel-geometry spec ``pipelines/synthetic.toml`` (512 px view, 64 px tiles at level 0) on the same
-  slide shows what the old default could see;
-- attention sampling: ``predict_slide`` end to end (open, low-res view, tissue mask, attention,
-  ``n_draws x N`` cells, those tiles read, features, aggregation) with an untrained model of the
-  spec (weights do not change the cost): the median of ``--repeats`` runs after one warm-up run;
-  distinct tiles read;
-- dense tiling with the same tiles and feature network on the same slide: every tissue tile of the
-  same grid (the attention cells on tissue: one cell = one tile footprint) read at the same level
-  and pushed through ``stages.tile_features``. Only a random subset of ``--dense-tiles`` tissue
-  tiles is timed (read + features, batches of ``predict.tile_batch_size``); the time per slide is
-  the view and mask time plus tissue tiles x the measured time per tile: **extrapolated**, and the
-  output says so;
-- peak RSS of the subprocess (``ru_maxrss``) after all of the above.
+1. attention sampling (its peak RSS is this process's ``ru_maxrss``):
+   - geometry: the tiles of the spec (``tile_size`` px at ``tile_mpp``), the pyramid level and size
+     they are read at; the share of the tissue that can be sampled: 1,000,000 random points on the
+     tissue (the tissue mask of the low-res view, each point uniform in its mask pixel's level-0
+     extent) tested against the tile boxes of **every** attention cell (as
+     ``stages.cells_to_locations``, the one cell-to-tile mapping, places them). The same count for
+     the pixel-geometry spec ``pipelines/synthetic.toml`` (512 px view, 64 px tiles at level 0) on
+     the same slide shows what the former default could see;
+   - ``predict_slide`` end to end (open, low-res view, tissue mask, attention, ``n_draws x N``
+     cells, those tiles read, features, aggregation) with an untrained model of the spec (weights do
+     not change the cost), for each ``--draws`` (the spec's is 8): the median of ``--repeats`` runs
+     after one warm-up run; distinct tiles read;
+2. dense tiling with the same tiles and feature network on the same slide: every tissue tile of the
+   same grid (the attention cells on tissue; one cell = one tile footprint) read at the same level
+   and pushed through ``stages.tile_features``. Only a random subset of ``--dense-tiles`` tissue
+   tiles is timed (read + features, batches of ``predict.tile_batch_size``); the time per slide is
+   the view and mask time plus tissue tiles x the measured time per tile: **extrapolated**, and the
+   output says so.
 
 torch runs on ``--threads`` threads (2: the machine of the figures has 2 cores).
 
@@ -226,7 +226,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> list[str]:
         "# real-scale geometry: synthetic slides at "
         f"{args.mpp:g} um/px, spec {Path(args.spec).relative_to(ROOT)}",
         f"# machine: {platform.machine()}, {os.cpu_count()} cores ({platform.processor() or '?'}), "
-        f"torch threads {args.threads}, load average at start {os.getloadavg()[0]:.2f} (cores "
+        f"torch threads {args.threads}, load average at start {args.load_start:.2f} (cores "
         "shared with other jobs)",
         f"# command: python benchmarks/real_scale.py {' '.join(sys.argv[1:])}",
         "",
@@ -288,6 +288,7 @@ def main() -> int:
     if args.child is not None:
         print(json.dumps(run_child(args.child, args)))
         return 0
+    args.load_start = os.getloadavg()[0]
     rows = []
     for size in args.sizes:
         path, write_s = ensure_slide(args.cache, size, args.mpp)
@@ -307,7 +308,9 @@ def main() -> int:
         row["dense_peak_rss_mib"] = parts["dense"]["peak_rss_mib"]
         row["write_s"] = write_s
         rows.append(row)
-    text = "\n".join(report(rows, args)) + "\n"
+    lines = report(rows, args)
+    lines.append(f"# load average at the end: {os.getloadavg()[0]:.2f}")
+    text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
