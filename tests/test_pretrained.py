@@ -228,6 +228,14 @@ def test_tile_cache_of_a_frozen_backbone(tmp_path: Path) -> None:
     again = model.features(tiles[[7, 6]], keys[6:8][::-1])  # the newest are kept
     torch.testing.assert_close(again, plain[[7, 6]])
     assert cache.hits == 6
+    # misses go through the backbone in power-of-two batches (few shapes for cuDNN autotuning)
+    cache.clear()
+    shapes: list[int] = []
+    embed = model.feature_net.embed
+    model.feature_net.embed = lambda x: (shapes.append(len(x)), embed(x))[1]
+    model.features(tiles[:2], keys[:2])
+    torch.testing.assert_close(model.features(tiles[:5], keys[:5]), plain[:5])  # 3 misses
+    assert shapes == [2, 4]
     # gradients reach the projection through cached rows
     model.features(tiles[[7]], keys[7:8]).sum().backward()
     assert model.feature_net.proj.weight.grad is not None

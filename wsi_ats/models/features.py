@@ -428,8 +428,12 @@ def cached_embed(
     rows: list[torch.Tensor | None] = [cache.get(k) for k in keys]
     missing = [i for i, row in enumerate(rows) if row is None]
     if missing:
+        # pad to a power of two (repeating the last tile): few distinct batch shapes, so cuDNN
+        # autotuning (torch.backends.cudnn.benchmark) does not rerun for every number of misses
+        n = len(missing)
+        bucket = min(1 << (n - 1).bit_length(), len(tiles))
         with torch.no_grad():
-            fresh = embed(tiles[missing]).float()
+            fresh = embed(tiles[missing + [missing[-1]] * (bucket - n)]).float()[:n]
         for i, row in zip(missing, fresh, strict=True):
             cache.put(keys[i], row)
             rows[i] = row
