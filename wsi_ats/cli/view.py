@@ -37,7 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="OUT",
         help="output folder of `wsi-ats predict` (or, with --model, one slide)",
     )
-    p.add_argument("--model", type=Path, default=None, help="RUN/model.pt: predict OUT, a slide")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="RUN/model.pt: OUT is one slide, predicted first (default: none, OUT is a folder)",
+    )
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -50,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         help="the run's manifest, for output folders from a predict that did not record slide "
-        "paths",
+        "paths (default: none, the paths in OUT)",
     )
     p.add_argument("--log", action="store_true", help="print one line per request")
     p.set_defaults(func=run)

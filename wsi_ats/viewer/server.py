@@ -24,6 +24,7 @@ import ipaddress
 import json
 import math
 import re
+import socket
 import sys
 import threading
 import traceback
@@ -86,6 +87,8 @@ class ViewerServer(ThreadingHTTPServer):
         self._grids: dict[str, TileGrid] = {}
         self._grids_stamp = index.stamp
         self._lock = threading.Lock()
+        if ":" in host:  # an IPv6 address
+            self.address_family = socket.AF_INET6
         super().__init__((host, port), ViewerHandler)
         self.loopback = _is_loopback(host)
 
