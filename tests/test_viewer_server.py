@@ -328,3 +328,28 @@ def test_a_zoom_without_a_pyramid_level_is_area_averaged_in_bounded_reads(
         blocks = read_tile(slide, grid, 2, 0, 0)
     np.testing.assert_array_equal(blocks, whole)
     assert len(reads) == 16 * 10 and max(max(s) for s in reads) <= 64
+
+
+def test_an_ome_zarr_slide_is_served_pixel_exact(out: Path, tmp_path: Path) -> None:
+    from wsi_ats.slides import convert_to_ome_zarr
+    from wsi_ats.viewer.single import predict_into
+
+    zarr = tmp_path / "slide_0.ome.zarr"
+    convert_to_ome_zarr(out.parent / "cohort" / "slide_0.tiff", zarr, min_size=256, threads=1)
+    folder = predict_into(zarr, out.parent / "model.pt", tmp_path / "one")
+    srv = make_server(folder)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert list(srv.index.entries) == ["slide_0"]
+        with open_slide(zarr) as slide:
+            assert type(slide).__name__ == "OmeZarrSlide"
+            for z, col, row in [(0, 4, 7), (1, 3, 2)]:
+                status, body, _ = get(srv, f"/tiles/slide_0/{z}/{col}_{row}.png")
+                d = 2**z
+                expected = slide.read_region((col * 256 * d, row * 256 * d), z, (256, 256))
+                assert status == 200
+                np.testing.assert_array_equal(png(body), expected)
+    finally:
+        srv.shutdown()
+        srv.server_close()
