@@ -194,3 +194,26 @@ def test_training_and_prediction_in_physical_geometry(tmp_path: Path) -> None:
     result = train(manifest, cfg, tmp_path / "run", progress=False)
     pred = predict_slide(rows[1]["path"], result.model_path)
     assert 0.0 <= pred.probability <= 1.0 and pred.tile_size_level0 == (38, 38)
+
+
+def test_the_view_of_a_slide_without_pyramid_is_streamed_in_bounded_reads(tmp_path: Path) -> None:
+    """One level only (as cmu-1): the view is reduced tile by tile, never read as a whole level."""
+    from wsi_ats.slides.lowres import STREAM_TILE, view_at_downsample
+
+    img = _image(2500, 3000)
+    path = write_pyramidal_tiff(tmp_path / "flat.tiff", img, tile=256, levels=1, mpp=0.5)
+    with open_slide(path) as slide:
+        sizes: list[tuple[int, int]] = []
+        read = slide.read_region
+
+        def recording(location, level, size):  # noqa: ANN001, ANN202
+            sizes.append(tuple(size))
+            return read(location, level, size)
+
+        slide.read_region = recording  # type: ignore[method-assign]
+        view = view_at_downsample(slide, 16.0, (160, 192))
+    assert view.scale == (16.0, 16.0) and view.image.shape == (160, 192, 3)
+    assert len(sizes) > 1 and max(w * h for w, h in sizes) <= STREAM_TILE**2
+    want = area_reduce(img, 16).astype(int)  # exact grid: the streamed mean itself
+    np.testing.assert_array_equal(view.image[: want.shape[0], : want.shape[1]], want)
+    assert (view.image[want.shape[0] :] == 255).all()
