@@ -146,6 +146,18 @@ def test_manifest_mpp_column(tmp_path: Path) -> None:
     rows = [{"slide_id": "a", "path": str(slide), "mpp": "0.25"}, {"slide_id": "b", "path": str(slide), "mpp": ""}]  # fmt: skip
     m = load_manifest(write_manifest(tmp_path / "m.csv", rows, ["slide_id", "path", "mpp"]))
     assert [e.mpp for e in m] == [0.25, None]
+    from wsi_ats.training import read_cohort
+    from wsi_ats.training.data import SlideStore
+
+    rows[1]["mpp"] = ""
+    for row in rows:
+        row["label"] = 0
+    labelled = write_manifest(tmp_path / "l.csv", rows, ["slide_id", "path", "label", "mpp"])
+    slides = read_cohort(labelled)
+    assert [s.mpp for s in slides] == [0.25, None]
+    with SlideStore(PHYSICAL, workers=1) as store:  # training views take the manifest's mpp
+        assert store.view(slides[0]).mpp == (0.25, 0.25)
+        assert store.view(slides[1]).mpp == (0.5, 0.5)  # the slide's own
     rows[1]["mpp"] = "352.8"
     bad = write_manifest(tmp_path / "bad.csv", rows, ["slide_id", "path", "mpp"])
     with pytest.raises(ManifestError, match=r"line 3: b: mpp must be .* got '352.8'"):
