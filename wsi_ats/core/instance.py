@@ -72,7 +72,10 @@ def topk_instance_loss(
 
 
 def instance_evidence(
-    instance_logits: Tensor, labels: Tensor | None = None, prior: float | None = None
+    instance_logits: Tensor,
+    labels: Tensor | None = None,
+    prior: float | None = None,
+    reference_logit: float | None = None,
 ) -> Tensor:
     """Stop-gradient evidence ``[B, N]`` in ``[0, 1)``: how sure a tile is to show what its label
     needs, beyond what tiles of every kind of bag show.
@@ -83,11 +86,16 @@ def instance_evidence(
     of the class; default 1/2, or 1/C) they estimate the density ratio ``r`` of such tiles in bags
     of the class against the others, and ``1 - 1/r`` (0 when ``r <= 1``) is the share of such tiles
     that only bags of the class have: ~1 for a lesion, 0 for tissue every slide has.
+
+    Binary: ``reference_logit`` replaces the prior's log-odds, e.g. a high quantile of the logits
+    of tiles from negative bags (what bags without the finding already show).
     """
     with torch.no_grad():
         if instance_logits.dim() == 2:
-            p0 = 0.5 if prior is None else prior
-            log_r = instance_logits.float() - math.log(p0 / (1 - p0))
+            if reference_logit is None:
+                p0 = 0.5 if prior is None else prior
+                reference_logit = math.log(p0 / (1 - p0))
+            log_r = instance_logits.float() - reference_logit
         else:
             if labels is None:
                 raise ValueError("multi-class instance evidence needs the bag labels")

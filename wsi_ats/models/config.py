@@ -127,6 +127,8 @@ class TrainConfig:
     distill: str = (
         "distribution"  # "distribution": the softmax fits the evidence; "odds": each logit does
     )
+    evidence_quantile: float = 0.95  # a tile is evidence above this quantile of the instance
+    # logits of recent negative slides' tiles; 0 = above the prior odds 1/2 (the earlier rule)
     explore: float = 0.5  # share of the draws from the exploration measure (importance-weighted)
     explore_epochs: int = 0  # explore falls linearly to 0 over this many epochs; 0 = constant
     explore_strata: int = 16  # appearance strata of exploration (k-means); 0 = uniform over tissue
@@ -412,6 +414,10 @@ def _validate(cfg: PipelineConfig) -> None:
         (cfg.train.instance_topk >= 0, "train.instance_topk must be >= 0"),
         (cfg.train.distill_coef >= 0, "train.distill_coef must be >= 0"),
         (
+            0 <= cfg.train.evidence_quantile < 1,
+            "train.evidence_quantile must be in [0, 1) (0 = prior odds 1/2)",
+        ),
+        (
             cfg.train.distill in ("odds", "distribution"),
             'train.distill must be "odds" or "distribution"',
         ),
@@ -444,7 +450,10 @@ def _validate(cfg: PipelineConfig) -> None:
 
 #: fields whose default changed after checkpoints were written: (section, field) -> the value a
 #: checkpoint that does not record the field was trained with
-SAVED_BEFORE: dict[tuple[str, str], Any] = {("attention", "activation"): "relu"}
+SAVED_BEFORE: dict[tuple[str, str], Any] = {
+    ("attention", "activation"): "relu",
+    ("train", "evidence_quantile"): 0.0,
+}
 
 #: a tile must cover at least this share of its attention cell, or tissue is left unreadable
 MIN_CELL_COVERAGE = 0.5

@@ -38,7 +38,13 @@ from wsi_ats.stages import (
     tile_features,
 )
 from wsi_ats.training.data import LabelledSlide, SlideStore, read_cohort, split_cohort
-from wsi_ats.training.step import RunningMean, StepSettings, build_optimizer, train_step
+from wsi_ats.training.step import (
+    NegativeScores,
+    RunningMean,
+    StepSettings,
+    build_optimizer,
+    train_step,
+)
 
 HISTORY_FIELDS = [
     "epoch",
@@ -213,6 +219,7 @@ def train(
     optimizer = build_optimizer(model)
     scaler = grad_scaler(device)  # float16 autocast only (CUDA without bfloat16)
     running_mean = RunningMean()
+    negatives = NegativeScores()
     start_epoch, history, best = 1, [], None
     best_epoch, best_auc = 0, float("nan")
     if state is not None:
@@ -221,6 +228,7 @@ def train(
         model.load_state_dict(state["state_dict"])
         _restore_optimizer(last, optimizer, state.get("optimizer"))
         running_mean.load(state.get("running_mean"))
+        negatives.load(state.get("negative_scores"))
         start_epoch = int(state["epoch"]) + 1
         history = list(_read_history(out_dir / "history.csv"))
         best_epoch = int(state.get("best_epoch", 0))
@@ -245,7 +253,7 @@ def train(
             t0 = time.perf_counter()
             row = _run_epoch(
                 model, optimizer, store, train_set, val_set, epoch, total_epochs, progress,
-                running_mean, scaler,
+                running_mean, scaler, negatives,
             )  # fmt: skip
             val_probs, val_labels = evaluate(model, store, val_set, tc.val_draws, tc.seed)
             row["val_auc"] = safe_auc(val_labels, val_probs)
@@ -283,6 +291,7 @@ def train(
                 best_val_auc=best_auc,
                 best_val_loss=-best[1],
                 **({} if running_mean.value is None else {"running_mean": running_mean.state()}),
+                negative_scores=negatives.state(),
             )
             _write_history(out_dir / "history.csv", history)
         epochs_bar.close()
@@ -349,6 +358,7 @@ def _run_epoch(
     progress: bool,
     running_mean: RunningMean | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    negatives: NegativeScores | None = None,
 ) -> dict:
     tc = model.config.train
     settings = epoch_settings(model.config, epoch)
@@ -375,7 +385,7 @@ def _run_epoch(
         # views of the next batch (no weights involved) are computed while this one trains
         store.prefetch_views(batches[k + 1] if k + 1 < len(batches) else val_set)
         stats = train_step(
-            model, optimizer, store, batch, generator, settings, running_mean, scaler
+            model, optimizer, store, batch, generator, settings, running_mean, scaler, negatives
         )
         losses.extend([stats.loss] * len(batch))
         inst.append(stats.instance_loss)

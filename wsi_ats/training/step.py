@@ -109,6 +109,49 @@ class RunningMean:
         self.value = None if value is None else value.detach().float().cpu().clone()
 
 
+class NegativeScores:
+    """The instance logits of the last ``size`` tiles read on negative slides (no gradient).
+
+    A tile counts as evidence (:func:`wsi_ats.core.instance_evidence`) only where its odds exceed
+    :meth:`reference`, a high quantile of these: what slides without the finding already show. With
+    the fixed prior odds 1/2 instead, an instance head whose bias sits above 0 (half the random
+    initialisations) calls every tile evidence, and distillation then pulls the attention towards
+    whatever the head happens to score highest before it has learnt anything."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self.values = torch.empty(0)
+
+    def update(self, instance_logits: torch.Tensor) -> None:
+        x = instance_logits.detach().reshape(-1).float().cpu()
+        self.values = torch.cat([self.values, x])[-self.size :]
+
+    def reference(self, quantile: float, minimum: int = 64) -> float | None:
+        """The ``quantile`` of the stored logits; ``None`` while fewer than ``minimum`` are held."""
+        if self.values.numel() < minimum:
+            return None
+        return float(torch.quantile(self.values, quantile))
+
+    def state(self) -> torch.Tensor:
+        return self.values.clone()
+
+    def load(self, values: torch.Tensor | None) -> None:
+        self.values = torch.empty(0) if values is None else values.detach().float().cpu().clone()
+
+
+def tile_evidence(
+    instance_logits: torch.Tensor, quantile: float, negatives: NegativeScores | None
+) -> torch.Tensor:
+    """Stop-gradient evidence of the sampled tiles: odds against the prior 1/2 (``quantile`` 0), or
+    against the ``quantile`` of recent negative slides' tiles (none yet: no evidence)."""
+    if quantile <= 0 or negatives is None:
+        return instance_evidence(instance_logits)
+    ref = negatives.reference(quantile)
+    if ref is None:
+        return torch.zeros_like(instance_logits).detach()
+    return instance_evidence(instance_logits, reference_logit=ref)
+
+
 def plan_batch(
     model: SlideClassifier,
     store: SlideStore,
@@ -180,10 +223,13 @@ def train_step(
     settings: StepSettings | None = None,
     running_mean: RunningMean | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    negatives: NegativeScores | None = None,
 ) -> StepStats:
     """One optimiser step on ``slides`` (the losses of the module docstring, accumulated, clipped).
 
-    ``scaler``: loss scaling for a feature network in float16 autocast (CUDA without bfloat16)."""
+    ``scaler``: loss scaling for a feature network in float16 autocast (CUDA without bfloat16).
+    ``negatives``: the reference of the tiles' evidence (``train.evidence_quantile``), updated with
+    the negative slides' tiles of this step."""
     tc = model.config.train
     device = model.device
     plans = plan_batch(model, store, slides, generator, settings)
@@ -210,6 +256,9 @@ def train_step(
         loss = bce - tc.entropy_coef * entropy
         if tc.instance_coef > 0 or tc.distill_coef > 0:
             instance_logits = model.instance_logits(feats)[None]  # [1, N]
+            evidence = tile_evidence(instance_logits, tc.evidence_quantile, negatives)
+            if negatives is not None and plan.slide.label == 0:
+                negatives.update(instance_logits)
             if tc.instance_coef > 0:
                 inst = topk_instance_loss(instance_logits, target, tc.instance_topk)
                 loss = loss + tc.instance_coef * inst
@@ -220,18 +269,14 @@ def train_step(
                 # over appearance strata), not under the attention's own preferences: weight e / q
                 weights = plan.exploration.to(device) / plan.drawn.proposal.to(device)
                 if tc.distill == "odds":
-                    dist = attention_distillation_loss(
-                        sampled_logits, instance_evidence(instance_logits), weights
-                    )
+                    dist = attention_distillation_loss(sampled_logits, evidence, weights)
                 else:  # "distribution": the attention as a whole moves to where evidence was
                     # weights u / q, u uniform over tissue: estimates the mean of e_k log a_k
                     tissue = int(torch.isfinite(logits).sum())
                     log_att = torch.log_softmax(logits.reshape(1, -1), dim=1)
                     sampled_log = log_att.gather(1, plan.drawn.indices.to(device))
                     dist = evidence_likelihood_loss(
-                        sampled_log,
-                        instance_evidence(instance_logits),
-                        1.0 / (tissue * plan.drawn.proposal.to(device)),
+                        sampled_log, evidence, 1.0 / (tissue * plan.drawn.proposal.to(device))
                     )
                 loss = loss + tc.distill_coef * dist
                 distill_losses.append(float(dist.detach()))
