@@ -99,3 +99,16 @@ def test_predict_with_the_default_spec_on_the_real_fixtures(
     assert "assume_mpp" in error and "mpp column" in error
     stated = df.loc["boxes_stated"]  # 300 x 250 px at the stated 0.5 um/px: one 256 px cell
     assert stated["status"] == "ok" and 0.0 <= float(stated["probability"]) <= 1.0
+
+
+def test_heatmap_of_boxes_tiff_needs_its_mpp(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = save_checkpoint(
+        tmp_path / "run" / "model.pt", build_model(PipelineConfig.from_toml(DEFAULT), seed=0), 0
+    )
+    argv = ["heatmap", str(BOXES), "--model", str(model), "--out", str(tmp_path / "h.png")]
+    assert main([*argv, "--draws", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "boxes.tiff" in err and "352.778 um/px" in err
+    assert not (tmp_path / "h.png").exists()
+    assert main([*argv, "--draws", "2", "--mpp", "0.5"]) == 0
+    assert (tmp_path / "h.png").stat().st_size > 0

@@ -37,6 +37,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="with --target-halfwidth: at most this many draws (default 64)",
     )
     p.add_argument(
+        "--mpp",
+        type=positive_float,
+        default=None,
+        help="the slide's level-0 um/px, when it reports none or a wrong one (models whose tiles "
+        "are placed in microns; default: the slide's own)",
+    )
+    p.add_argument(
         "--size",
         type=positive_int,
         default=1024,
@@ -57,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model)
         pred, view = predict_slide(
             args.slide, model, n_draws=args.draws, seed=args.seed, return_view=True,
-            target_halfwidth=args.target_halfwidth, max_draws=args.max_draws,
+            target_halfwidth=args.target_halfwidth, max_draws=args.max_draws, mpp=args.mpp,
         )  # fmt: skip
     except (CheckpointError, SlideError, ValueError) as exc:
         return fail("heatmap", exc)

@@ -30,6 +30,7 @@ def predict_slide(
     return_view: bool = False,
     target_halfwidth: float | None = None,
     max_draws: int = MAX_DRAWS,
+    mpp: float | None = None,
 ) -> SlidePrediction | tuple[SlidePrediction, SlideView]:
     """Predict one slide by attention sampling.
 
@@ -45,6 +46,8 @@ def predict_slide(
         target_halfwidth: keep drawing rounds of ``n_draws`` until the 95% interval of the
             probability (``ci_low, ci_high``, see :mod:`wsi_ats.intervals`) has a half-width below
             it, or ``max_draws`` draws are used (:func:`~wsi_ats.inference.adaptive.draw_until`).
+        mpp: the slide's level-0 um/px, overriding its own (physical geometry, ``slide.tile_mpp``;
+            as a manifest's ``mpp`` column).
 
     Only ``n_draws * N`` tiles (fewer when draws repeat) are read from the slide's high-res level.
     """
@@ -52,12 +55,12 @@ def predict_slide(
         model = load_model(model)
     if isinstance(slide_or_path, Slide):
         slide = slide_or_path
-        view = view_of(slide, model.config, slide_id or Path(str(slide.path)).stem)
+        view = view_of(slide, model.config, slide_id or Path(str(slide.path)).stem, mpp)
         smp, feats = _sample_and_features(
             model, view, slide, n_draws, seed, target_halfwidth, max_draws
         )
     else:
-        view = view_slide(slide_or_path, model.config, slide_id)
+        view = view_slide(slide_or_path, model.config, slide_id, mpp)
         with open_slide(view.path) as slide:
             smp, feats = _sample_and_features(
                 model, view, slide, n_draws, seed, target_halfwidth, max_draws
