@@ -91,7 +91,7 @@ PLAIN = {
     "features": {"normalize": False},
     "train": {
         "attention_lr": 1e-3, "control_variate": "none", "instance_coef": 0.0,
-        "distill_coef": 0.0, "explore": 0.0, "n_patches_start": 0,
+        "distill_coef": 0.0, "evidence_quantile": 0.0, "explore": 0.0, "n_patches_start": 0,
     },
 }  # fmt: skip
 
@@ -100,7 +100,7 @@ PREVIOUS = {
     "attention": {"activation": "relu"},
     "train": {
         "attention_lr": 3e-4, "distill_coef": 1.0, "explore": 0.9, "explore_epochs": 8,
-        "explore_rarity": 1.0, "explore_context": 0,
+        "explore_rarity": 1.0, "explore_context": 0, "evidence_quantile": 0.0,
     },
 }  # fmt: skip
 
@@ -110,7 +110,12 @@ MAIN_ROWS = {
     "2. default remedies + prior 24": {"attention": {"prior": PRIOR}},
     "3. prior 24 only, attention frozen": {
         "attention": {"prior": PRIOR, "activation": "relu"},  # frozen: as in the last round
-        "train": {"attention_lr": 0.0, "distill_coef": 0.0, "explore": 0.0},
+        "train": {
+            "attention_lr": 0.0,
+            "distill_coef": 0.0,
+            "explore": 0.0,
+            "evidence_quantile": 0.0,
+        },
     },
     "4. plain attention sampling, no prior": PLAIN,
 }
@@ -132,6 +137,10 @@ ABLATION_ROWS = {
     "lr": ("attention lr 3e-4 (not 1e-3)", {"train": {"attention_lr": 3e-4}}),
     "normalize": ("- feature normalisation", {"features": {"normalize": False}}),
     "relu": ("- leaky attention units (relu)", {"attention": {"activation": "relu"}}),
+    "evidence": (
+        "- evidence above negatives (prior odds 1/2)",
+        {"train": {"evidence_quantile": 0.0}},
+    ),
     "previous": ("previous defaults (first round)", PREVIOUS),
     "plain": ("plain (every remedy off)", PLAIN),
 }

@@ -127,7 +127,7 @@ class TrainConfig:
     distill: str = (
         "distribution"  # "distribution": the softmax fits the evidence; "odds": each logit does
     )
-    evidence_quantile: float = 0.95  # a tile is evidence above this quantile of the instance
+    evidence_quantile: float = 0.999  # a tile is evidence above this quantile of the instance
     # logits of recent negative slides' tiles; 0 = above the prior odds 1/2 (the earlier rule)
     explore: float = 0.5  # share of the draws from the exploration measure (importance-weighted)
     explore_epochs: int = 0  # explore falls linearly to 0 over this many epochs; 0 = constant
