@@ -1,9 +1,15 @@
-"""Tile-read throughput: OpenSlide (JPEG TIFF) vs OME-Zarr (local), read amplification and the floor.
+"""Tile-read throughput: OpenSlide (JPEG TIFF) vs OME-Zarr (local and over HTTP), read amplification.
 
 One run prints, side by side: random 256 x 256 tile reads per second at level 0 (one thread, and the
 backends' thread pools via ``read_regions``), zarr read amplification (bytes decoded / bytes returned)
 at several chunk sizes, and the floor (reading + decoding one chunk) with the batched per-tile time
 relative to it. Tiles are drawn uniformly inside the tissue of a synthetic slide (what a sampler reads).
+
+Then remote reads: NGFF 0.5 (zarr v3) conversions with plain chunks and with shards of small inner
+chunks (``convert_to_ome_zarr(shard_size=...)``, ``wsi-ats convert --shard``) served by a local HTTP
+server that counts what it sends (``http_counter.py``): decoded bytes (counted at the zstd codec) per
+tile byte, bytes sent over HTTP (headers included) per tile byte, requests per tile and tiles/s, for one
+``read_regions`` call over all tiles and for one tile per call.
 
     nice python benchmarks/io.py [--size 16384] [--tiles 256] [--out benchmarks/results/io.txt]
 """
@@ -20,6 +26,19 @@ import numpy as np
 
 TILE = 256
 CHUNKS = (128, 256, 512, 1024)
+# (label, chunk or inner chunk, shard side or None) of the NGFF 0.5 layouts read over HTTP
+REMOTE = (
+    ("plain 512", 512, None),
+    ("plain 128", 128, None),
+    ("plain 64", 64, None),
+    ("shard 1024/256", 256, 1024),
+    ("shard 1024/128", 128, 1024),
+    ("shard 1024/64", 64, 1024),
+    ("shard 2048/64", 64, 2048),
+    ("shard 1536/96", 96, 1536),
+    ("shard 1024/32", 32, 1024),
+)
+LATENCY_S = 0.01  # per request, for the "t/s @10ms" column
 
 
 def make_inputs(work: Path, size: int, chunks: tuple[int, ...]) -> tuple[Path, dict[int, Path]]:
@@ -37,6 +56,154 @@ def make_inputs(work: Path, size: int, chunks: tuple[int, ...]) -> tuple[Path, d
             convert_to_ome_zarr(tiff, dst, chunk_size=c, overwrite=True, threads=2)
         zarrs[c] = dst
     return tiff, zarrs
+
+
+def make_remote_inputs(
+    work: Path, tiff: Path, size: int, layouts: tuple[tuple[str, int, int | None], ...]
+) -> dict[str, Path]:
+    """NGFF 0.5 conversions of ``tiff`` for each ``(label, chunk, shard)`` layout (cached)."""
+    from wsi_ats.slides import convert_to_ome_zarr
+
+    out = {}
+    for label, chunk, shard in layouts:
+        name = f"io_{size}_v05_c{chunk}" + (f"_s{shard}" if shard else "") + ".zarr"
+        dst = work / "remote" / name
+        if not (dst / "zarr.json").exists():
+            convert_to_ome_zarr(
+                tiff,
+                dst,
+                chunk_size=chunk,
+                shard_size=shard,
+                ngff_version="0.5",
+                overwrite=True,
+                threads=2,
+            )
+        out[label] = dst
+    return out
+
+
+class DecodeCounter:
+    """Counts the bytes zarr v3's zstd codec decodes (every chunk, inner chunks of shards included)."""
+
+    def __init__(self) -> None:
+        from zarr.codecs.zstd import ZstdCodec
+
+        self.cls, self.original, self.nbytes, self.chunks = (
+            ZstdCodec,
+            ZstdCodec._decode_single,
+            0,
+            0,
+        )
+
+    def __enter__(self) -> DecodeCounter:
+        original = self.original
+
+        async def spy(codec, chunk_bytes, chunk_spec):
+            buf = await original(codec, chunk_bytes, chunk_spec)
+            self.nbytes += len(buf)
+            self.chunks += 1
+            return buf
+
+        self.cls._decode_single = spy
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cls._decode_single = self.original
+
+
+def remote_row(url: str, server, locs: np.ndarray, threads: int) -> dict[str, float]:
+    """Read ``locs`` over HTTP from ``url`` twice (one ``read_regions`` call; one tile per call):
+    decoded bytes, bytes sent and requests per tile, and tiles/s of each; then tiles/s of one
+    ``read_regions`` call with ``LATENCY_S`` added to every request."""
+    from wsi_ats.slides import open_slide
+
+    n, tile_bytes = len(locs), TILE * TILE * 3
+    row: dict[str, float] = {}
+    with open_slide(url) as z:
+        z.read_threads = threads
+        z.read_region((0, 0), 0, (16, 16))  # warm: HTTP session, pool
+        for mode in ("batch", "single"):
+            server.reset()
+            with DecodeCounter() as dec:
+                t0 = time.perf_counter()
+                if mode == "batch":
+                    z.read_regions(locs, 0, (TILE, TILE))
+                else:
+                    for x, y in locs:
+                        z.read_region((int(x), int(y)), 0, (TILE, TILE))
+                dt = time.perf_counter() - t0
+            requests, _, sent = server.counts()
+            row[f"amp_{mode}"] = dec.nbytes / (n * tile_bytes)
+            row[f"chunks_{mode}"] = dec.chunks / n
+            row[f"http_{mode}"] = sent / (n * tile_bytes)
+            row[f"req_{mode}"] = requests / n
+            row[f"tps_{mode}"] = n / dt
+        server.delay_s = LATENCY_S
+        try:
+            t0 = time.perf_counter()
+            z.read_regions(locs, 0, (TILE, TILE))
+            row["tps_latency"] = n / (time.perf_counter() - t0)
+        finally:
+            server.delay_s = 0.0
+    return row
+
+
+def local_pool_tps(path: Path, locs: np.ndarray, threads: int) -> float:
+    """Tiles/s of one local ``read_regions`` call over ``locs``."""
+    from wsi_ats.slides import open_slide
+
+    with open_slide(path) as z:
+        z.read_region((0, 0), 0, (16, 16))
+        return 1 / time_batched(z, locs, threads)
+
+
+def remote_lines(
+    tiff: Path, work: Path, size: int, n: int, threads: int, layouts: tuple
+) -> list[str]:
+    """The remote section of the report."""
+    from http_counter import CountingHTTPServer
+
+    paths = make_remote_inputs(work, tiff, size, layouts)
+    locs = tissue_locations(tiff, n, 101)
+    rows = []
+    with CountingHTTPServer(work / "remote") as server:
+        for label, _, _ in layouts:
+            path = paths[label]
+            row = remote_row(f"{server.url}/{path.name}", server, locs, threads)
+            row["local"] = local_pool_tps(path, locs, threads)
+            row["files"] = sum(1 for p in (path / "0").rglob("*") if p.is_file()) - 1
+            row["mb"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+            rows.append((label, row))
+    lines = [
+        "",
+        "remote: NGFF 0.5 (zarr v3, zstd 3) over HTTP from a local counting server (127.0.0.1, same",
+        f"process); the same {n} tiles {TILE}x{TILE} at level 0 for every layout; pool = {threads} threads",
+        "batch = one read_regions call for all tiles; single = one read_region call per tile",
+        "",
+        f"{'layout':<16}{'L0 files':>9}{'MiB':>7}{'chunks/tile':>12}{'amp':>6}{'HTTP/tile':>10}"
+        f"{'req/tile':>9}{'http t/s':>9}   {'chunks/tile':>11}{'amp':>6}{'HTTP/tile':>10}"
+        f"{'req/tile':>9}{'http t/s':>9}{'t/s @10ms':>10}{'local pool':>11}",
+        f"{'':<32}{'---- batch (pool) ----':^53}{'---- single (1 per call) ----':^46}",
+    ]
+    for label, r in rows:
+        lines.append(
+            f"{label:<16}{r['files']:>9.0f}{r['mb']:>7.1f}{r['chunks_batch']:>12.2f}"
+            f"{r['amp_batch']:>6.2f}{r['http_batch']:>10.2f}{r['req_batch']:>9.1f}"
+            f"{r['tps_batch']:>7.0f}/s   {r['chunks_single']:>11.2f}{r['amp_single']:>6.2f}"
+            f"{r['http_single']:>10.2f}{r['req_single']:>9.1f}{r['tps_single']:>7.0f}/s"
+            f"{r['tps_latency']:>8.0f}/s{r['local']:>9.0f}/s"
+        )
+    lines += [
+        "",
+        "amp: bytes decoded by zarr's zstd codec / bytes of the tiles (256*256*3 each); absent",
+        "(fill-value) chunks are never decoded. HTTP/tile: all bytes the server sent (status lines,",
+        "headers, bodies) / bytes of the tiles. req/tile: HTTP requests / tiles. http t/s: tiles per",
+        "second over HTTP; t/s @10ms: the batch call again with 10 ms waited before every answer",
+        "(a remote store's round trip); local pool: one read_regions call on the folder, from disk.",
+        "L0 files: files of level 0 (chunks or shards); MiB: the whole pyramid on disk.",
+        "Goals (issue 12): amp <= 2 and HTTP/tile <= 2.",
+    ]
+    return lines
 
 
 def tissue_locations(tiff: Path, n: int, seed: int) -> np.ndarray:
@@ -136,13 +303,20 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8, help="pool size of read_regions")
     parser.add_argument("--chunks", type=int, nargs="+", default=list(CHUNKS))
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/_cache/io"))
+    parser.add_argument("--remote-only", action="store_true", help="only the remote (HTTP) section")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     from wsi_ats.slides import open_slide
 
-    tiff, zarrs = make_inputs(args.workdir, args.size, tuple(args.chunks))
     n = args.tiles
+    if args.remote_only:
+        tiff, _ = make_inputs(args.workdir, args.size, ())
+        lines = [f"io benchmark (remote only): {args.size} x {args.size} synthetic slide, "]
+        lines[0] += f"{os.cpu_count()} CPUs"
+        lines += remote_lines(tiff, args.workdir, args.size, n, args.threads, REMOTE)
+        return _report(lines, args.out)
+    tiff, zarrs = make_inputs(args.workdir, args.size, tuple(args.chunks))
     lines = [
         f"io benchmark: {args.size} x {args.size} synthetic slide (JPEG q90 TIFF, tiles 256), "
         f"{n} random {TILE}x{TILE} tiles in tissue per measurement, level 0, pool = {args.threads} "
@@ -191,10 +365,15 @@ def main() -> int:
         "(fill-value) chunks cost nothing). amp 1 tile: expected for an isolated tile at a uniform",
         "random offset, ((256 + c - 1) / 256)^2. pool/floor: batched per-tile wall time over the floor.",
     ]
+    lines += remote_lines(tiff, args.workdir, args.size, n, args.threads, REMOTE)
+    return _report(lines, args.out)
+
+
+def _report(lines: list[str], out: Path | None) -> int:
     text = "\n".join(lines)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    if out:
+        out.write_text(text + "\n")
     return 0
 
 

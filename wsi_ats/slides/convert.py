@@ -39,8 +39,10 @@ from .open import open_slide
 # c <= ~106 gets under 2, where zarr's ~0.4 ms per-chunk overhead makes reads 4x slower (c=128 measured).
 DEFAULT_CHUNK = 512
 # Sharded: inner chunks of 64 keep the read amplification of a 256 x 256 tile under 2 (isolated tile
-# ((256 + 63) / 256)^2 = 1.55); 1024 px shards: a 256-entry (4 KiB) index, read once per tile and
-# shard it touches, and ~10,000 files for a 100k x 100k level 0. See benchmarks/io.py, BENCHMARKS.md.
+# ((256 + 63) / 256)^2 = 1.55, measured 1.56; 96 gives 1.90 and 128 2.24) and the bytes sent over
+# HTTP at 1.04x the tile's; 1024 px shards: a 256-entry (4 KiB) index, read once per tile and shard
+# it touches, and ~10,000 files for a 100k x 100k level 0. Cost: ~25 range requests per tile and
+# zarr's per-chunk overhead (4x slower local reads than 512 px chunks). benchmarks/io.py.
 DEFAULT_INNER_CHUNK = 64
 DEFAULT_SHARD = 1024
 CODECS = ("zstd", "blosc", "none")
