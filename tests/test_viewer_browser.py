@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import numpy as np
 import pytest
 from cdp_browser import Browser
 from PIL import Image
-from viewer_cohort import predicted_cohort
+from viewer_cohort import predicted_cohort, running_server
 
-from wsi_ats.viewer import ViewerServer, make_server
+from wsi_ats.viewer import ViewerServer
 
 VIEWER_READY = (
     "window.wsiViewer && wsiViewer.ready && wsiViewer.pending === 0 && "
@@ -31,13 +30,8 @@ VIEWER_READY = (
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerServer]:
-    out = predicted_cohort(tmp_path_factory.mktemp("viewer-browser"))
-    srv = make_server(out)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server(predicted_cohort(tmp_path_factory.mktemp("viewer-browser"))) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from viewer_cohort import SIZE, predicted_cohort
+from viewer_cohort import SIZE, predicted_cohort, running_server
 
 from wsi_ats.cli import main
 from wsi_ats.slides import open_slide
@@ -32,12 +32,8 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(out: Path) -> Iterator[ViewerServer]:
-    srv = make_server(out)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server(out) as srv:
+        yield srv
 
 
 def get(server: ViewerServer, path: str, host: str | None = None) -> tuple[int, bytes, str]:

@@ -3,6 +3,9 @@ the writer ``wsi-ats predict`` uses (without a Dask cluster, for speed)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tiny_cohort import CONFIG, write_manifest
@@ -13,6 +16,7 @@ from wsi_ats.models import build_model, save_checkpoint
 from wsi_ats.pipeline.cohort import with_manifest_columns
 from wsi_ats.pipeline.state import collect_predictions, write_error, write_predictions_csv
 from wsi_ats.synth.slide import write_synthetic_slide
+from wsi_ats.viewer import ViewerServer, make_server
 
 SIZE = 3072  # level-0 side: zooms 0..4 of 256 px tiles
 #: the tiny test model with 96 px tiles (outlines visible at the slide's scale) and a stain prior
@@ -53,3 +57,16 @@ def predicted_cohort(root: Path, n: int = 3) -> Path:
     df = with_manifest_columns(collect_predictions(out, manifest.slide_ids), manifest)
     write_predictions_csv(df, out)
     return out
+
+
+@contextmanager
+def running_server(out: Path) -> Iterator[ViewerServer]:
+    """``wsi-ats view``'s server over ``out`` on a free loopback port, in a background thread."""
+    srv = make_server(out)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()

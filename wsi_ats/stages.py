@@ -46,7 +46,7 @@ from wsi_ats.models.data_range import slide_warnings
 from wsi_ats.slides import Slide, SlideReadError, open_slide
 from wsi_ats.slides import low_res_view as _low_res_view
 from wsi_ats.slides import tissue_mask as _tissue_mask
-from wsi_ats.slides.lowres import view_at_downsample
+from wsi_ats.slides.lowres import LowResView, view_at_downsample
 from wsi_ats.slides.resolution import resolve_mpp, tile_geometry
 
 
@@ -136,6 +136,19 @@ def view_of(
             path, f"read_level {level} requested but the slide has {slide.level_count} level(s)"
         )
     lr = _low_res_view(slide, target_size=config.slide.lowres_size)
+    return _slide_view(
+        slide, slide_id, path, lr,
+        read_level=level,
+        read_downsample=float(slide.level_downsamples[level]),
+        mpp=None if slide.mpp is None else (float(slide.mpp[0]), float(slide.mpp[1])),
+    )  # fmt: skip
+
+
+def _slide_view(
+    slide: Slide, slide_id: str | None, path: str, lr: LowResView, **fields: object
+) -> SlideView:
+    """The :class:`SlideView` of a low-res view ``lr`` (its image, tissue mask and scale) with the
+    geometry ``fields`` of pixel or physical mode."""
     image = np.ascontiguousarray(lr.image, dtype=np.uint8)
     w0, h0 = slide.dimensions
     return SlideView(
@@ -145,9 +158,7 @@ def view_of(
         mask=np.asarray(_tissue_mask(image), dtype=bool),
         scale=(float(lr.scale[0]), float(lr.scale[1])),
         level0_size=(int(h0), int(w0)),
-        read_level=level,
-        read_downsample=float(slide.level_downsamples[level]),
-        mpp=None if slide.mpp is None else (float(slide.mpp[0]), float(slide.mpp[1])),
+        **fields,
     )
 
 
@@ -167,15 +178,11 @@ def physical_view(
         config.attention.map_stride, sc.lowres_mpp, source,
     )  # fmt: skip
     lr = view_at_downsample(slide, geo.view_downsample, geo.view_shape)
-    image = np.ascontiguousarray(lr.image, dtype=np.uint8)
-    w0, h0 = slide.dimensions
-    return SlideView(
-        slide_id=slide_id if slide_id is not None else Path(path).stem,
-        path=path,
-        image=image,
-        mask=np.asarray(_tissue_mask(image), dtype=bool),
-        scale=(float(lr.scale[0]), float(lr.scale[1])),
-        level0_size=(int(h0), int(w0)),
+    return _slide_view(
+        slide,
+        slide_id,
+        path,
+        lr,
         read_level=geo.read_level,
         read_downsample=geo.read_downsample,
         mpp=(um, um),
