@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -262,10 +261,7 @@ def test_a_new_predictions_table_is_picked_up_without_a_restart(out: Path, tmp_p
     table = folder / "predictions.csv"
     lines = table.read_text().splitlines()
     table.write_text("\n".join(lines[:2]) + "\n")  # a run that had finished one slide
-    srv = make_server(folder)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_server(folder) as srv:
         assert [r["slide_id"] for r in json.loads(get(srv, "/api/predictions")[1])["rows"]] == [
             "slide_0"
         ]
@@ -273,9 +269,6 @@ def test_a_new_predictions_table_is_picked_up_without_a_restart(out: Path, tmp_p
         table.write_text("\n".join(lines) + "\n")  # the run finished
         rows = json.loads(get(srv, "/api/predictions")[1])["rows"]
         assert len(rows) == 4 and get(srv, "/slide/slide_1")[0] == 200
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_the_pages_files_ship_as_package_data() -> None:
@@ -333,19 +326,12 @@ def test_an_ome_zarr_slide_is_served_pixel_exact(out: Path, tmp_path: Path) -> N
     zarr = tmp_path / "slide_0.ome.zarr"
     convert_to_ome_zarr(out.parent / "cohort" / "slide_0.tiff", zarr, min_size=256, threads=1)
     folder = predict_into(zarr, out.parent / "model.pt", tmp_path / "one")
-    srv = make_server(folder)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_server(folder) as srv, open_slide(zarr) as slide:
         assert list(srv.index.entries) == ["slide_0"]
-        with open_slide(zarr) as slide:
-            assert type(slide).__name__ == "OmeZarrSlide"
-            for z, col, row in [(0, 4, 7), (1, 3, 2)]:
-                status, body, _ = get(srv, f"/tiles/slide_0/{z}/{col}_{row}.png")
-                d = 2**z
-                expected = slide.read_region((col * 256 * d, row * 256 * d), z, (256, 256))
-                assert status == 200
-                np.testing.assert_array_equal(png(body), expected)
-    finally:
-        srv.shutdown()
-        srv.server_close()
+        assert type(slide).__name__ == "OmeZarrSlide"
+        for z, col, row in [(0, 4, 7), (1, 3, 2)]:
+            status, body, _ = get(srv, f"/tiles/slide_0/{z}/{col}_{row}.png")
+            d = 2**z
+            expected = slide.read_region((col * 256 * d, row * 256 * d), z, (256, 256))
+            assert status == 200
+            np.testing.assert_array_equal(png(body), expected)
