@@ -8,12 +8,15 @@ so that two ids that sanitise alike (``a/b`` and ``a_b``) never share a folder.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import re
 import unicodedata
 from pathlib import Path
 
 SLIDES_SUBDIR = "slides"
+PREDICTIONS_CSV = "predictions.csv"  # the cohort table a ``predict`` run writes in its folder
+NOT_AN_OUTPUT_FIX = "give the --out folder of a `wsi-ats predict` run"
 MAX_NAME_LENGTH = 96
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _WINDOWS_RESERVED = {
@@ -60,3 +63,26 @@ def slide_dir(out: str | Path, slide_id: str) -> Path:
     if path.resolve().parent != root:
         raise UnsafePathError(slide_id, path, root)
     return path
+
+
+def read_predictions_table(
+    out: str | Path, error: type[ValueError] = ValueError
+) -> tuple[list[str], list[dict[str, str]]]:
+    """``(columns, rows)`` of ``out/predictions.csv`` as text; ``error`` naming the path and the
+    fix when ``out`` is not a ``predict`` output folder (no such folder, no table, or a table
+    without ``slide_id`` and ``status`` columns)."""
+    out = Path(out)
+    if not out.is_dir():
+        what = "is a file" if out.exists() else "does not exist"
+        raise error(f"{out} {what}; {NOT_AN_OUTPUT_FIX}")
+    table = out / PREDICTIONS_CSV
+    if not table.is_file():
+        raise error(
+            f"{out} has no {PREDICTIONS_CSV}, so no predict run wrote it; {NOT_AN_OUTPUT_FIX}"
+        )
+    with table.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = list(reader.fieldnames or ())
+        if not {"slide_id", "status"} <= set(columns):
+            raise error(f"{table} has no slide_id and status columns; {NOT_AN_OUTPUT_FIX}")
+        return columns, list(reader)

@@ -23,13 +23,12 @@ import numpy as np
 import torch
 
 from wsi_ats.atomic import atomic_write_bytes
-from wsi_ats.cohort.paths import slide_dir
+from wsi_ats.cohort.paths import NOT_AN_OUTPUT_FIX as _FIX
+from wsi_ats.cohort.paths import read_predictions_table, slide_dir
 from wsi_ats.core.offsets import cell_boxes
 
-PREDICTIONS_CSV = "predictions.csv"
 TILE_CLASS = "sampled tile"
 CELL_CLASS = "attention cell"
-_FIX = "give the --out folder of a `wsi-ats predict` run"
 
 
 class ExportError(ValueError):
@@ -134,17 +133,8 @@ def finished_slides(out: str | Path) -> list[tuple[str, Path]]:
     """``(slide_id, folder)`` of the slides of ``out/predictions.csv`` with ``status`` ok;
     :class:`ExportError` when ``out`` is not a ``predict`` output folder."""
     out = Path(out)
-    if not out.is_dir():
-        what = "is a file" if out.exists() else "does not exist"
-        raise ExportError(f"{out} {what}; {_FIX}")
-    table = out / PREDICTIONS_CSV
-    if not table.is_file():
-        raise ExportError(f"{out} has no {PREDICTIONS_CSV}, so no predict run wrote it; {_FIX}")
-    with table.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not {"slide_id", "status"} <= set(reader.fieldnames or ()):
-            raise ExportError(f"{table} has no slide_id and status columns; {_FIX}")
-        ids = [r["slide_id"] for r in reader if r["status"] == "ok"]
+    _, rows = read_predictions_table(out, ExportError)
+    ids = [r["slide_id"] for r in rows if r["status"] == "ok"]
     slides = [(s, slide_dir(out, s)) for s in ids]
     for slide_id, folder in slides:
         for name in ("prediction.json", "attention.npy", "coords.csv"):

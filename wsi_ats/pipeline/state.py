@@ -18,11 +18,10 @@ from typing import Any
 import pandas as pd
 
 from wsi_ats.atomic import atomic_write_bytes, atomic_write_json
-from wsi_ats.cohort.paths import slide_dir
+from wsi_ats.cohort.paths import PREDICTIONS_CSV, slide_dir
 
 PREDICTION_FILE = "prediction.json"
 ERROR_FILE = "error.json"
-PREDICTIONS_CSV = "predictions.csv"
 LOG_FILE = "pipeline-log.jsonl"
 COLUMNS = [
     "slide_id", "probability", "prediction", "std", "n_patches", "status", "error", "warnings",

@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from wsi_ats.cohort.paths import slide_dir, slide_dir_name
+from wsi_ats.cohort.paths import (
+    PREDICTIONS_CSV,
+    read_predictions_table,
+    slide_dir,
+    slide_dir_name,
+)
 
-PREDICTIONS_CSV = "predictions.csv"
-_FIX = "give the --out folder of a `wsi-ats predict` run"
 #: predictions.csv columns read as numbers (the others stay text)
 FLOAT_COLUMNS = ("probability", "std", "ci_low", "ci_high")
 INT_COLUMNS = ("prediction", "n_patches", "n_draws", "label")
@@ -109,19 +112,8 @@ def fresh(index: OutputIndex) -> OutputIndex:
 def read_predictions(out: Path) -> tuple[list[str], list[dict[str, Any]]]:
     """``(columns, rows)`` of ``out/predictions.csv``, numbers parsed; :class:`ViewerError` when
     ``out`` is not a ``predict`` output folder."""
-    if not out.is_dir():
-        what = "is a file" if out.exists() else "does not exist"
-        raise ViewerError(f"{out} {what}; {_FIX}")
-    table = out / PREDICTIONS_CSV
-    if not table.is_file():
-        raise ViewerError(f"{out} has no {PREDICTIONS_CSV} (no finished predict run); {_FIX}")
-    with table.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = list(reader.fieldnames or ())
-        if not {"slide_id", "status"} <= set(columns):
-            raise ViewerError(f"{table} has no slide_id and status columns; {_FIX}")
-        rows = [{k: _parse(k, v) for k, v in r.items()} for r in reader]
-    return columns, rows
+    columns, rows = read_predictions_table(out, ViewerError)
+    return columns, [{k: _parse(k, v) for k, v in r.items()} for r in rows]
 
 
 def _parse(column: str, value: str | None) -> Any:
