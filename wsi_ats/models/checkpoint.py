@@ -17,6 +17,7 @@ from wsi_ats.atomic import atomic_path, atomic_write_text
 from wsi_ats.models.classifier import SlideClassifier
 from wsi_ats.models.config import ConfigError, PipelineConfig
 from wsi_ats.models.data_range import DataRange
+from wsi_ats.models.features import state_dict_mismatch
 
 CHECKPOINT_FORMAT = 1
 
@@ -130,13 +131,8 @@ def load_model(
 
 def check_state_dict(path: str | Path, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped weights."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(own[k].shape) != tuple(state[k].shape)
+    missing, unexpected, shapes = (
+        sorted(x) for x in state_dict_mismatch(model.state_dict(), state)
     )
     problems = []
     if missing:

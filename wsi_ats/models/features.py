@@ -286,6 +286,22 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def state_dict_mismatch(
+    own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """How ``state`` fails to fit a module whose ``state_dict()`` is ``own``: the names it lacks,
+    the names it has beyond them, and ``"name (state shape) vs (own shape)"`` for mis-shaped ones
+    (empty lists: it fits)."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    return missing, unexpected, shapes
+
+
 def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     """Copy the tensors of the weights file ``path`` into ``body``: every weight of ``body`` must
     be there with its shape; extra ones are refused, except a classifier that timm models name
@@ -293,15 +309,9 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     state = read_weights(path)
     own = body.state_dict()
     classifier = str(getattr(body, "pretrained_cfg", {}).get("classifier") or "")
-    extra = [k for k in state if k not in own]
+    missing, extra, shapes = state_dict_mismatch(own, state)
     ignorable = [k for k in extra if classifier and k.startswith(classifier + ".")]
     extra = [k for k in extra if k not in ignorable]
-    missing = [k for k in own if k not in state]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} weight(s) of the backbone {missing[:5]}")
