@@ -261,14 +261,14 @@ def train_step(
         loss = bce - tc.entropy_coef * entropy
         if tc.instance_coef > 0 or tc.distill_coef > 0:
             instance_logits = model.instance_logits(feats)[None]  # [1, N]
-            evidence = tile_evidence(instance_logits, tc.evidence_quantile, negatives)
-            if negatives is not None and plan.slide.label == 0:
-                negatives.update(instance_logits)
             if tc.instance_coef > 0:
                 inst = topk_instance_loss(instance_logits, target, tc.instance_topk)
                 loss = loss + tc.instance_coef * inst
                 instance_losses.append(float(inst.detach()))
             if tc.distill_coef > 0:
+                evidence = tile_evidence(instance_logits, tc.evidence_quantile, negatives)
+                if negatives is not None and plan.slide.label == 0:
+                    negatives.update(instance_logits)
                 sampled_logits = logits.reshape(1, -1).gather(1, plan.drawn.indices.to(device))
                 # fit the logits under the exploration measure e (uniform over tissue, or even
                 # over appearance strata), not under the attention's own preferences: weight e / q
