@@ -14,7 +14,6 @@ FeatureCollection that QuPath imports (File > Import objects) over the slide:
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from wsi_ats.atomic import atomic_write_bytes
 from wsi_ats.cohort.paths import NOT_AN_OUTPUT_FIX as _FIX
 from wsi_ats.cohort.paths import read_predictions_table, slide_dir
 from wsi_ats.core.offsets import cell_boxes
+from wsi_ats.inference.outputs import read_coords
 
 TILE_CLASS = "sampled tile"
 CELL_CLASS = "attention cell"
@@ -71,17 +71,15 @@ def slide_feature_collection(folder: str | Path, min_ratio: float = 1e-3) -> dic
     record = _read_record(folder)
     attention = np.load(folder / "attention.npy")
     flat = attention.reshape(-1).astype(np.float64)
-    with (folder / "coords.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if rows and (rows[0].get("cell") in (None, "") or "low_size" not in record):
+    rows = read_coords(folder / "coords.csv")
+    if rows and (rows[0]["cell"] is None or "low_size" not in record):
         raise ExportError(
             f"{folder}: written by an older wsi-ats predict (no sampled cells or no low_size); "
             "rerun `wsi-ats predict` into a new folder"
         )
     features = []
     for row in rows:
-        x, y, w, h = (int(row[k]) for k in ("x", "y", "w", "h"))
-        cell = int(row["cell"])
+        x, y, w, h, cell = (row[k] for k in ("x", "y", "w", "h", "cell"))
         features.append(
             _feature(
                 box_polygon(x, y, x + w, y + h),
@@ -89,8 +87,8 @@ def slide_feature_collection(folder: str | Path, min_ratio: float = 1e-3) -> dic
                     "objectType": "annotation",
                     "classification": {"name": TILE_CLASS},
                     "name": f"draw {row['draw']} rank {row['rank']}",
-                    "draw": int(row["draw"]),
-                    "rank": int(row["rank"]),
+                    "draw": row["draw"],
+                    "rank": row["rank"],
                     "cell": cell,
                     "attention": float(flat[cell]),
                 },

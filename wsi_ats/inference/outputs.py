@@ -72,6 +72,20 @@ def coords_csv(prediction: SlidePrediction) -> str:
     return buf.getvalue()
 
 
+def read_coords(path: Path) -> list[dict[str, Any]]:
+    """``coords.csv`` rows with ints (``draw, rank, x, y, w, h, cell``) and ``attention`` (float);
+    ``cell``/``attention`` are None in folders that predate them."""
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = []
+    for r in rows:
+        item: dict[str, Any] = {k: int(r[k]) for k in ("draw", "rank", "x", "y", "w", "h")}
+        item["cell"] = int(r["cell"]) if r.get("cell") else None
+        item["attention"] = float(r["attention"]) if r.get("attention") else None
+        out.append(item)
+    return out
+
+
 def write_slide_outputs(
     prediction: SlidePrediction, view: SlideView, out_dir: str | Path, heatmap: bool = True
 ) -> Path:

@@ -10,7 +10,6 @@ no URL can reach a file the folder does not name. The slide file itself is the `
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from wsi_ats.cohort.paths import (
     slide_dir,
     slide_dir_name,
 )
+from wsi_ats.inference.outputs import read_coords
 
 #: predictions.csv columns read as numbers (the others stay text)
 FLOAT_COLUMNS = ("probability", "std", "ci_low", "ci_high")
@@ -163,20 +163,6 @@ def _entry(out: Path, row: dict[str, Any], fallback: dict[str, str]) -> SlideEnt
             "low_size); rerun `wsi-ats predict` into a new folder"
         )
     return entry
-
-
-def read_coords(path: Path) -> list[dict[str, Any]]:
-    """``coords.csv`` rows with ints (``draw, rank, x, y, w, h, cell``) and ``attention`` (float);
-    ``cell``/``attention`` are None in folders that predate them."""
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    out = []
-    for r in rows:
-        item: dict[str, Any] = {k: int(r[k]) for k in ("draw", "rank", "x", "y", "w", "h")}
-        item["cell"] = int(r["cell"]) if r.get("cell") else None
-        item["attention"] = float(r["attention"]) if r.get("attention") else None
-        out.append(item)
-    return out
 
 
 def attention_map(entry: SlideEntry) -> np.ndarray:
