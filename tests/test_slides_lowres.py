@@ -97,12 +97,29 @@ def test_tissue_mask_finds_the_tissue():
     img[95:100, 140:145] = 240  # a tiny hole inside it
     img[10, 10] = (200, 50, 150)  # an isolated speck
     img[180:195, 5:20] = 5  # a black pen mark
-    mask = tissue_mask(img, min_object_fraction=1e-3)  # objects and holes < 60 px go
+    mask = tissue_mask(img, min_object_fraction=1e-3)  # objects < 60 px go, holes < 60 px filled
     assert mask.shape == (200, 300) and mask.dtype == bool
     assert mask[52:148, 82:218].all()  # tissue, hole filled
-    assert not tissue_mask(img, min_object_fraction=1e-4)[96:99, 141:144].any()  # 25 px hole kept
+    assert not tissue_mask(img, max_hole_fraction=1e-4)[96:99, 141:144].any()  # 25 px hole kept
     assert not mask[10, 10] and not mask[180:195, 5:20].any()
     assert mask.sum() == pytest.approx(100 * 140, rel=0.02)
+
+
+def test_tissue_mask_fills_pale_regions_inside_tissue_but_not_large_holes():
+    """A lightly stained region enclosed by tissue (saturation under Otsu's threshold) is tissue,
+    up to ``max_hole_fraction`` of the view; a larger hole (a lumen, a tear) stays background."""
+    img = np.full((400, 400, 3), 242, np.uint8)
+    img[40:360, 40:360] = (236, 176, 208)  # stroma pink, saturation ~0.25
+    yy, xx = np.mgrid[:400, :400]
+    pale = (yy - 100) ** 2 + (xx - 100) ** 2 <= 6**2  # ~113 px: under 0.1% of 160,000 px
+    img[pale] = (214, 212, 222)  # pale lavender-grey, saturation ~0.04: under any threshold
+    lumen = (yy - 250) ** 2 + (xx - 250) ** 2 <= 30**2  # ~2,800 px: 1.8% of the view
+    img[lumen] = 242
+    mask = tissue_mask(img)
+    assert mask[pale].all()
+    assert not mask[(yy - 250) ** 2 + (xx - 250) ** 2 <= 25**2].any()
+    core = (yy - 100) ** 2 + (xx - 100) ** 2 <= 4**2
+    assert not tissue_mask(img, max_hole_fraction=1e-4)[core].any()  # the earlier rule: a hole
 
 
 def test_tissue_mask_of_a_blank_view_is_empty():
