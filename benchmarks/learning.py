@@ -92,6 +92,7 @@ PLAIN = {
     "train": {
         "attention_lr": 1e-3, "control_variate": "none", "instance_coef": 0.0,
         "distill_coef": 0.0, "evidence_quantile": 0.0, "explore": 0.0, "n_patches_start": 0,
+        "balanced_batches": False,
     },
 }  # fmt: skip
 
@@ -101,6 +102,7 @@ PREVIOUS = {
     "train": {
         "attention_lr": 3e-4, "distill_coef": 1.0, "explore": 0.9, "explore_epochs": 8,
         "explore_rarity": 1.0, "explore_context": 0, "evidence_quantile": 0.0,
+        "balanced_batches": False,
     },
 }  # fmt: skip
 
@@ -115,6 +117,7 @@ MAIN_ROWS = {
             "distill_coef": 0.0,
             "explore": 0.0,
             "evidence_quantile": 0.0,
+            "balanced_batches": False,
         },
     },
     "4. plain attention sampling, no prior": PLAIN,
@@ -140,6 +143,10 @@ ABLATION_ROWS = {
     "evidence": (
         "- evidence above negatives (prior odds 1/2)",
         {"train": {"evidence_quantile": 0.0}},
+    ),
+    "balanced": (
+        "- label-mixed batches (balanced_batches false)",
+        {"train": {"balanced_batches": False}},
     ),
     "previous": ("previous defaults (first round)", PREVIOUS),
     "plain": ("plain (every remedy off)", PLAIN),

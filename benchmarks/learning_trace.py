@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="training seed")
     ap.add_argument("--set", action="append", default=[], help="SECTION.FIELD=VALUE override")
     ap.add_argument("--out", type=Path, help="also write the output to this file")
+    ap.add_argument(
+        "--keep", type=Path, help="train into this folder (kept) instead of a scratch one"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cohort = CACHE / args.cohort
@@ -142,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         result = train(
-            cohort / "manifest.csv", config, Path(scratch) / "run", progress=False,
-            on_epoch=on_epoch,
+            cohort / "manifest.csv", config, args.keep or Path(scratch) / "run", progress=False,
+            on_epoch=on_epoch, overwrite=True,
         )  # fmt: skip
     lines.append(
         f"best validation AUC {result.best_val_auc:.2f} at epoch {result.best_epoch}; "

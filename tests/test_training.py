@@ -183,6 +183,28 @@ def test_epoch_settings_anneal_n_geometrically_and_explore_linearly() -> None:
     assert epoch_settings(no_anneal, 1).n_patches == 8
 
 
+def test_interleaved_order_mixes_the_labels_in_every_batch() -> None:
+    from wsi_ats.training.loop import interleaved_order
+
+    balanced = [0] * 30 + [1] * 30
+    for seed in range(20):
+        order = interleaved_order(balanced, np.random.default_rng(seed))
+        assert sorted(order.tolist()) == list(range(60))  # a permutation
+        pairs = np.asarray(balanced)[order].reshape(-1, 2)
+        assert (pairs.sum(axis=1) == 1).all()  # batches of 2: one of each label
+    # 45 negatives, 15 positives: every batch of 4 holds one positive
+    skewed = [0] * 45 + [1] * 15
+    quads = np.asarray(skewed)[interleaved_order(skewed, np.random.default_rng(0))].reshape(-1, 4)
+    assert (quads.sum(axis=1) == 1).all()
+    # still a shuffle: each class's order differs between epochs (seeds)
+    a = interleaved_order(balanced, np.random.default_rng(1))
+    b = interleaved_order(balanced, np.random.default_rng(2))
+    assert a.tolist() != b.tolist()
+    # a plain permutation puts both slides of some batch in one class (what the option avoids)
+    plain = np.asarray(balanced)[np.random.default_rng(0).permutation(60)].reshape(-1, 2)
+    assert (plain.sum(axis=1) != 1).any()
+
+
 def test_parameter_groups_separate_the_attention_network() -> None:
     from wsi_ats.models import build_model
     from wsi_ats.training.step import build_optimizer, parameter_groups

@@ -123,6 +123,7 @@ class TrainConfig:
     control_variate: str = "loo"  # baseline in the attention gradient: "none", "mean", "loo"
     instance_coef: float = 1.0  # weight of the instance loss on instance_head(f_i) of sampled tiles
     instance_topk: int = 0  # tiles of a positive slide trained towards its label; 0 = every tile
+    instance_negatives: str = "all"  # tiles of a negative slide trained towards 0: "all" or "topk"
     distill_coef: float = 10.0  # weight of attention logits -> tiles' instance scores; 0 = off
     distill: str = (
         "distribution"  # "distribution": the softmax fits the evidence; "odds": each logit does
@@ -139,6 +140,7 @@ class TrainConfig:
         128  # N at the first epoch, annealed to sampling.n_patches; 0 = no anneal
     )
     anneal_epochs: int = 4  # epochs over which N goes from n_patches_start to sampling.n_patches
+    balanced_batches: bool = True  # interleave the classes so every batch mixes labels
     seed: int = 0  # seeds shuffling, sampling and initialisation
     read_workers: int = 4  # threads that read tiles of upcoming slides in the background
     val_fraction: float = 0.2  # share of train slides held out when the manifest has no "val" split
@@ -412,6 +414,10 @@ def _validate(cfg: PipelineConfig) -> None:
         ),
         (cfg.train.instance_coef >= 0, "train.instance_coef must be >= 0"),
         (cfg.train.instance_topk >= 0, "train.instance_topk must be >= 0"),
+        (
+            cfg.train.instance_negatives in ("all", "topk"),
+            'train.instance_negatives must be "all" or "topk"',
+        ),
         (cfg.train.distill_coef >= 0, "train.distill_coef must be >= 0"),
         (
             0 <= cfg.train.evidence_quantile < 1,
@@ -453,6 +459,7 @@ def _validate(cfg: PipelineConfig) -> None:
 SAVED_BEFORE: dict[tuple[str, str], Any] = {
     ("attention", "activation"): "relu",
     ("train", "evidence_quantile"): 0.0,
+    ("train", "balanced_batches"): False,
 }
 
 #: a tile must cover at least this share of its attention cell, or tissue is left unreadable

@@ -262,7 +262,9 @@ def train_step(
         if tc.instance_coef > 0 or tc.distill_coef > 0:
             instance_logits = model.instance_logits(feats)[None]  # [1, N]
             if tc.instance_coef > 0:
-                inst = topk_instance_loss(instance_logits, target, tc.instance_topk)
+                inst = topk_instance_loss(
+                    instance_logits, target, tc.instance_topk, tc.instance_negatives
+                )
                 loss = loss + tc.instance_coef * inst
                 instance_losses.append(float(inst.detach()))
             if tc.distill_coef > 0:
