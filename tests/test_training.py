@@ -90,6 +90,31 @@ def test_resume_continues_epoch_count(cohort: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(a[key], b[key])
 
 
+def test_resume_restores_the_loss_scale(
+    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """float16 training (CUDA without bfloat16) keeps its GradScaler's state in last.pt, so a
+    resumed run continues at the loss scale it had reached. Emulated on the CPU with a CPU scaler."""
+    from wsi_ats.training import loop
+
+    made = []
+
+    def scaler(device: object) -> torch.amp.GradScaler:
+        made.append(torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1))
+        return made[-1]
+
+    monkeypatch.setattr(loop, "grad_scaler", scaler)
+    run = tmp_path / "run"
+    train(cohort, CFG, run, epochs=1, progress=False)
+    saved = torch.load(run / "last.pt", weights_only=True)["grad_scaler"]
+    assert saved["scale"] == made[0].get_scale() > 2.0**10  # grew once per finite step
+    train(cohort, None, run, resume=True, epochs=2, progress=False)
+    assert made[1].get_scale() > saved["scale"]  # went on from the saved scale, not from 2**10
+    assert torch.load(run / "last.pt", weights_only=True)["grad_scaler"]["scale"] == (
+        made[1].get_scale()
+    )
+
+
 def test_resume_rejects_incompatible_pipeline(cohort: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(cohort, CFG, run, epochs=1, progress=False)

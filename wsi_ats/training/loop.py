@@ -229,6 +229,8 @@ def train(
         _restore_optimizer(last, optimizer, state.get("optimizer"))
         running_mean.load(state.get("running_mean"))
         negatives.load(state.get("negative_scores"))
+        if scaler is not None and state.get("grad_scaler"):  # float16: the loss scale it reached
+            scaler.load_state_dict(state["grad_scaler"])
         start_epoch = int(state["epoch"]) + 1
         history = list(_read_history(out_dir / "history.csv"))
         best_epoch = int(state.get("best_epoch", 0))
@@ -292,6 +294,7 @@ def train(
                 best_val_loss=-best[1],
                 **({} if running_mean.value is None else {"running_mean": running_mean.state()}),
                 negative_scores=negatives.state(),
+                **({} if scaler is None else {"grad_scaler": scaler.state_dict()}),
             )
             _write_history(out_dir / "history.csv", history)
         epochs_bar.close()
