@@ -1,0 +1,146 @@
+"""Why training batches mix the labels (``train.balanced_batches``): naive MIL at a low witness rate.
+
+The instance loss of wsi-ats (``instance_topk = 0``) trains every sampled tile of a slide towards
+the slide's label. Lesion tiles are a few percent of what a positive slide shows; every other tile
+looks the same in both classes. This script trains the pipeline's feature network and instance head
+alone on tiles of the development distractors cohort, with steps of 128 tiles that either
+
+* mix the labels (64 tiles of negative slides, 64 of positive slides), or
+* take one label per step (128 tiles of negative slides, or 128 of positive slides),
+
+with lesion tiles making up ``--witness`` (default 3.5%) of the positive slides' tiles, as the
+exploration gives them on that cohort. It prints how far the instance probability of lesion tiles
+rises above that of the other tiles. Same tiles, network, optimiser and number of steps.
+
+    python benchmarks/instance_batches.py    # -> results/instance_batches.txt
+
+The cohort must exist under ``benchmarks/_cache`` (``learning.py --ablation --variant distractors``
+or ``learning_trace.py`` made it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsi_ats.models import PipelineConfig
+from wsi_ats.models.classifier import build_model
+from wsi_ats.slides import open_slide
+from wsi_ats.synth.lesions import lesion_boxes
+from wsi_ats.training import read_cohort
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / "_cache"
+RESULTS = ROOT / "benchmarks" / "results"
+PIPELINE = ROOT / "pipelines" / "baselines.toml"
+TILE = 64  # px at level 1, as the pipeline reads them
+
+
+def collect_tiles(cohort: Path, slides: int, per_slide: int, seed: int = 0) -> tuple:
+    """uint8 tiles ``[n, 64, 64, 3]`` (level 1), their kind (1 = in a malignant spot) and their
+    slide's label: up to 6 crops inside each malignant spot, ``per_slide`` random tissue tiles."""
+    rng = np.random.default_rng(seed)
+    malignant = lesion_boxes(cohort / "ground_truth.json", ("malignant",))
+    tiles, kinds, labels = [], [], []
+    for s in [s for s in read_cohort(cohort / "manifest.csv") if s.split == "train"][:slides]:
+        with open_slide(s.path) as slide:
+            w0, h0 = slide.dimensions
+            for x, y, w, h in malignant.get(s.slide_id, []):
+                for _ in range(6):
+                    cx = int(x + rng.integers(w // 4, 3 * w // 4)) - TILE
+                    cy = int(y + rng.integers(h // 4, 3 * h // 4)) - TILE
+                    tiles.append(np.asarray(slide.read_region((cx, cy), 1, (TILE, TILE)))[..., :3])
+                    kinds.append(1)
+                    labels.append(s.label)
+            taken = 0
+            while taken < per_slide:
+                cx, cy = (int(v) for v in rng.integers(0, (w0 - 2 * TILE, h0 - 2 * TILE)))
+                t = np.asarray(slide.read_region((cx, cy), 1, (TILE, TILE)))[..., :3]
+                if t.mean() < 225:  # tissue, not glass
+                    tiles.append(t)
+                    kinds.append(0)
+                    labels.append(s.label)
+                    taken += 1
+    return np.stack(tiles), np.array(kinds), np.array(labels)
+
+
+def run(tiles, kinds, labels, mixed: bool, witness: float, steps: int, seed: int) -> list:
+    """Train feature net + instance head with naive MIL; the lesion-minus-other probability gap
+    every 100 steps."""
+    config = PipelineConfig.from_toml(PIPELINE)
+    model = build_model(config, seed=seed)
+    params = [*model.feature_net.parameters(), *model.instance_head.parameters()]
+    opt = torch.optim.Adam(params, lr=config.train.lr)
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
+    negative = np.flatnonzero(labels == 0)
+    positive_other = np.flatnonzero((labels == 1) & (kinds == 0))
+    lesion = np.flatnonzero(kinds == 1)
+
+    def positives(n: int) -> np.ndarray:
+        k = rng.binomial(n, witness)
+        return np.concatenate([rng.choice(positive_other, n - k), rng.choice(lesion, k)])
+
+    gaps = []
+    for step in range(1, steps + 1):
+        if mixed:
+            idx = np.concatenate([rng.choice(negative, 64), positives(64)])
+        else:
+            idx = rng.choice(negative, 128) if rng.random() < 0.5 else positives(128)
+        target = torch.from_numpy(labels[idx]).float()
+        logits = model.instance_logits(model.features(x[idx]))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip)
+        opt.step()
+        if step % 100 == 0:
+            with torch.no_grad():
+                p = torch.sigmoid(model.instance_logits(model.features(x))).numpy()
+            gaps.append(float(p[kinds == 1].mean() - p[(kinds == 0) & (labels == 0)].mean()))
+    return gaps
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--cohort", default="dev_distractors_100x16384", help="folder in _cache")
+    ap.add_argument("--witness", type=float, default=0.035, help="lesion share of positive tiles")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=RESULTS / "instance_batches.txt")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    tiles, kinds, labels = collect_tiles(CACHE / args.cohort, slides=60, per_slide=40)
+    lines = [
+        f"# benchmarks/instance_batches.py {' '.join(sys.argv[1:])}  ({now})",
+        f"# cohort {args.cohort}: {len(tiles)} level-1 tiles of 60 training slides, "
+        f"{int(kinds.sum())} in malignant spots; lesion share of positive tiles {args.witness:.1%}",
+        f"# machine: {platform.machine()}, torch {torch.__version__}, 1 thread; "
+        "pipelines/baselines.toml feature net + instance head, Adam, naive MIL, 128 tiles a step",
+        "# gap: mean instance probability of lesion tiles minus that of negative slides' tiles",
+        f"{'steps':<28}" + "".join(f"{k:>8}" for k in range(100, args.steps + 1, 100)),
+    ]
+    print("\n".join(lines), flush=True)
+    t0 = time.perf_counter()
+    for seed in args.seeds:
+        for mixed in (True, False):
+            gaps = run(tiles, kinds, labels, mixed, args.witness, args.steps, seed)
+            name = f"{'mixed labels' if mixed else 'one label per step'}, seed {seed}"
+            lines.append(f"{name:<28}" + "".join(f"{g:>8.3f}" for g in gaps))
+            print(lines[-1], flush=True)
+    lines.append(f"total {time.perf_counter() - t0:.0f} s")
+    print(lines[-1])
+    args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
