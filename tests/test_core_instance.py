@@ -85,6 +85,16 @@ def test_topk_negatives_topk_only_trains_the_top_of_negative_bags() -> None:
     assert got == pytest.approx(expected, rel=1e-12)
 
 
+def test_topk_negatives_both_averages_every_tile_and_the_top() -> None:
+    logits, labels = _inputs()
+    every = sum(_bce(v, 0.0) for v in LOGITS[1]) / len(LOGITS[1])
+    expected_neg = (every + _bce(max(LOGITS[1]), 0.0)) / 2
+    expected_pos = [_bce(max(LOGITS[b]), 1.0) for b in (0, 2)]
+    expected = (expected_pos[0] + expected_neg + expected_pos[1]) / 3
+    got = topk_instance_loss(logits, labels, k=1, negatives="both").item()
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
 def test_topk_k_larger_than_bag_uses_every_tile() -> None:
     logits, labels = _inputs()
     torch.testing.assert_close(

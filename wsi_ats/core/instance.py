@@ -38,13 +38,14 @@ def topk_instance_loss(
             only in such bags (a lesion) pushes towards certainty, and a tile seen in every kind of
             bag (stroma) leaves at the prior: the density ratio :func:`instance_evidence` reads.
         negatives: binary only: ``"all"`` trains every instance of a negative bag towards 0 (none of
-            them may be positive), ``"topk"`` only its ``k`` highest-scoring ones.
+            them may be positive), ``"topk"`` only its ``k`` highest-scoring ones, ``"both"`` the
+            mean of the two (every tile held at 0, the highest-scoring ones at full strength).
 
     Binary: positive bags: BCE(top-``k`` logits, 1); negative bags: BCE(logits, 0). Multi-class: the
     ``k`` instances with the highest logit for the bag's class, cross-entropy towards that class.
     """
-    if negatives not in ("all", "topk"):
-        raise ValueError(f"negatives must be 'all' or 'topk', got {negatives!r}")
+    if negatives not in ("all", "topk", "both"):
+        raise ValueError(f"negatives must be 'all', 'topk' or 'both', got {negatives!r}")
     if instance_logits.dim() not in (2, 3) or labels.shape != instance_logits.shape[:1]:
         raise ValueError(
             f"expected instance_logits [B, N] or [B, N, C] and labels [B], got "
@@ -64,10 +65,13 @@ def topk_instance_loss(
     y = labels.to(instance_logits.dtype)
     top = instance_logits.topk(k, dim=1).values  # [B, k]
     pos = F.binary_cross_entropy_with_logits(top, torch.ones_like(top), reduction="none").mean(1)
-    neg_logits = instance_logits if negatives == "all" else top
-    neg = F.binary_cross_entropy_with_logits(
-        neg_logits, torch.zeros_like(neg_logits), reduction="none"
+    every = F.binary_cross_entropy_with_logits(
+        instance_logits, torch.zeros_like(instance_logits), reduction="none"
     ).mean(1)
+    highest = F.binary_cross_entropy_with_logits(top, torch.zeros_like(top), reduction="none").mean(
+        1
+    )
+    neg = {"all": every, "topk": highest, "both": (every + highest) / 2}[negatives]
     return torch.where(y > 0.5, pos, neg).mean()
 
 

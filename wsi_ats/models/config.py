@@ -123,7 +123,7 @@ class TrainConfig:
     control_variate: str = "loo"  # baseline in the attention gradient: "none", "mean", "loo"
     instance_coef: float = 1.0  # weight of the instance loss on instance_head(f_i) of sampled tiles
     instance_topk: int = 0  # tiles of a positive slide trained towards its label; 0 = every tile
-    instance_negatives: str = "all"  # tiles of a negative slide trained towards 0: "all" or "topk"
+    instance_negatives: str = "all"  # negative slide's tiles towards 0: "all", "topk" or "both"
     distill_coef: float = 10.0  # weight of attention logits -> tiles' instance scores; 0 = off
     distill: str = (
         "distribution"  # "distribution": the softmax fits the evidence; "odds": each logit does
@@ -415,8 +415,8 @@ def _validate(cfg: PipelineConfig) -> None:
         (cfg.train.instance_coef >= 0, "train.instance_coef must be >= 0"),
         (cfg.train.instance_topk >= 0, "train.instance_topk must be >= 0"),
         (
-            cfg.train.instance_negatives in ("all", "topk"),
-            'train.instance_negatives must be "all" or "topk"',
+            cfg.train.instance_negatives in ("all", "topk", "both"),
+            'train.instance_negatives must be "all", "topk" or "both"',
         ),
         (cfg.train.distill_coef >= 0, "train.distill_coef must be >= 0"),
         (
