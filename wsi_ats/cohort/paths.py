@@ -16,6 +16,7 @@ from pathlib import Path
 
 SLIDES_SUBDIR = "slides"
 PREDICTIONS_CSV = "predictions.csv"  # the cohort table a ``predict`` run writes in its folder
+PREDICTION_FILE = "prediction.json"  # a slide's record, written last: the slide is finished
 NOT_AN_OUTPUT_FIX = "give the --out folder of a `wsi-ats predict` run"
 MAX_NAME_LENGTH = 96
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -23,9 +23,9 @@ import torch
 
 from wsi_ats.atomic import atomic_write_bytes
 from wsi_ats.cohort.paths import NOT_AN_OUTPUT_FIX as _FIX
-from wsi_ats.cohort.paths import read_predictions_table, slide_dir
+from wsi_ats.cohort.paths import PREDICTION_FILE, read_predictions_table, slide_dir
 from wsi_ats.core.offsets import cell_boxes
-from wsi_ats.inference.outputs import read_coords
+from wsi_ats.inference.outputs import read_coords, read_slide_prediction
 
 TILE_CLASS = "sampled tile"
 CELL_CLASS = "attention cell"
@@ -122,9 +122,12 @@ def slide_feature_collection(folder: str | Path, min_ratio: float = 1e-3) -> dic
 
 def _read_record(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / "prediction.json").read_text())
+        record = read_slide_prediction(folder)
     except (OSError, ValueError) as exc:
-        raise ExportError(f"{folder}: unreadable prediction.json ({exc}); {_FIX}") from exc
+        raise ExportError(f"{folder}: unreadable {PREDICTION_FILE} ({exc}); {_FIX}") from exc
+    if record is None:
+        raise ExportError(f"{folder / PREDICTION_FILE} is missing; {_FIX}")
+    return record
 
 
 def finished_slides(out: str | Path) -> list[tuple[str, Path]]:
@@ -135,7 +138,7 @@ def finished_slides(out: str | Path) -> list[tuple[str, Path]]:
     ids = [r["slide_id"] for r in rows if r["status"] == "ok"]
     slides = [(s, slide_dir(out, s)) for s in ids]
     for slide_id, folder in slides:
-        for name in ("prediction.json", "attention.npy", "coords.csv"):
+        for name in (PREDICTION_FILE, "attention.npy", "coords.csv"):
             if not (folder / name).is_file():
                 raise ExportError(f"{folder / name} is missing (slide {slide_id!r}); {_FIX}")
     return slides

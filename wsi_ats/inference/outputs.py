@@ -22,11 +22,10 @@ import numpy as np
 from PIL import Image
 
 from wsi_ats.atomic import atomic_write_bytes
-from wsi_ats.cohort.paths import slide_dir
+from wsi_ats.cohort.paths import PREDICTION_FILE, slide_dir
 from wsi_ats.inference.heatmap import heatmap_of, save_png
 from wsi_ats.stages import SlidePrediction, SlideView
 
-PREDICTION_FILE = "prediction.json"
 TISSUE_FILE = "tissue.png"
 
 
@@ -113,7 +112,8 @@ def write_slide_outputs(
 
 
 def read_slide_prediction(folder: str | Path) -> dict[str, Any] | None:
-    """The ``prediction.json`` record of a finished slide folder, or ``None`` when not finished."""
+    """The ``prediction.json`` record of a finished slide folder, or ``None`` when not finished
+    (``OSError`` or ``ValueError`` when the file cannot be read or parsed)."""
     path = Path(folder) / PREDICTION_FILE
     if not path.exists():
         return None

@@ -18,9 +18,8 @@ from typing import Any
 import pandas as pd
 
 from wsi_ats.atomic import atomic_write_bytes, atomic_write_json
-from wsi_ats.cohort.paths import PREDICTIONS_CSV, slide_dir
+from wsi_ats.cohort.paths import PREDICTION_FILE, PREDICTIONS_CSV, slide_dir
 
-PREDICTION_FILE = "prediction.json"
 ERROR_FILE = "error.json"
 LOG_FILE = "pipeline-log.jsonl"
 COLUMNS = [

@@ -10,7 +10,6 @@ no URL can reach a file the folder does not name. The slide file itself is the `
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from wsi_ats.cohort.paths import (
+    PREDICTION_FILE,
     PREDICTIONS_CSV,
     read_predictions_table,
     slide_dir,
     slide_dir_name,
 )
-from wsi_ats.inference.outputs import read_coords
+from wsi_ats.inference.outputs import read_coords, read_slide_prediction
 
 #: predictions.csv columns read as numbers (the others stay text)
 FLOAT_COLUMNS = ("probability", "std", "ci_low", "ci_high")
@@ -145,7 +145,9 @@ def _entry(out: Path, row: dict[str, Any], fallback: dict[str, str]) -> SlideEnt
         entry.problem = f"status {row.get('status')}: no prediction to show"
         return entry
     try:
-        entry.record = json.loads((entry.folder / "prediction.json").read_text())
+        entry.record = read_slide_prediction(entry.folder)
+        if entry.record is None:
+            raise OSError(f"no {PREDICTION_FILE}")
         entry.coords = read_coords(entry.folder / "coords.csv")
     except (OSError, ValueError) as exc:
         entry.problem = f"{entry.folder}: unreadable outputs ({exc}); rerun `wsi-ats predict`"
@@ -153,7 +155,7 @@ def _entry(out: Path, row: dict[str, Any], fallback: dict[str, str]) -> SlideEnt
     entry.path = entry.record.get("slide_path") or fallback.get(slide_id)
     if entry.path is None:
         entry.problem = (
-            f"{entry.folder / 'prediction.json'} does not record the slide's path (written by a "
+            f"{entry.folder / PREDICTION_FILE} does not record the slide's path (written by a "
             "wsi-ats predict from before `view`); pass the run's manifest with --manifest, or "
             "rerun `wsi-ats predict` into a new folder"
         )
