@@ -148,6 +148,10 @@ ABLATION_ROWS = {
         "- label-mixed batches (balanced_batches false)",
         {"train": {"balanced_batches": False}},
     ),
+    "topk": (
+        "symmetric top-8 instance loss, N annealed over 8 epochs",
+        {"train": {"instance_topk": 8, "instance_negatives": "topk", "anneal_epochs": 8}},
+    ),
     "previous": ("previous defaults (first round)", PREVIOUS),
     "plain": ("plain (every remedy off)", PLAIN),
 }
