@@ -42,7 +42,7 @@ from torch import nn
 from wsi_ats.models import PipelineConfig
 from wsi_ats.models.features import CompactCNN
 from wsi_ats.slides import open_slide
-from wsi_ats.stages import SlideView, read_tiles, tiles_to_tensor, view_slide
+from wsi_ats.stages import SlideView, read_tiles, tiles_to_tensor, view_slide, view_tile_size
 from wsi_ats.synth.lesions import lesion_boxes, tile_hits
 from wsi_ats.training.data import LabelledSlide, read_cohort
 
@@ -55,9 +55,10 @@ READ_CHUNK = 1024  # tiles read from the slide at a time (row-major, so stored t
 # ------------------------------------------------------------------------------------------------
 # the dense tissue grid
 def tile_size_level0(config: PipelineConfig, view: SlideView) -> tuple[int, int]:
-    """``(w, h)`` level-0 px covered by one tile: ``patch_size`` x the read level's downsample."""
-    side = round(config.slide.patch_size * view.read_downsample)
-    return side, side
+    """``(w, h)`` level-0 px covered by one tile: its size at the read level
+    (:func:`~wsi_ats.stages.view_tile_size`) x the read level's downsample."""
+    w, h = view_tile_size(view, config)
+    return round(w * view.read_downsample), round(h * view.read_downsample)
 
 
 def tissue_tile_grid(view: SlideView, tile_size_level0: tuple[int, int]) -> np.ndarray:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from clam_style import tile_size_level0
 from learning_trace import overrides
 
 from wsi_ats import stages
@@ -87,13 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             e = store.exploration(s, map_size)
             cells = np.flatnonzero(e > 0)
             locs = cells_to_locations(torch.from_numpy(cells)[None], map_size, view, config)[0]
-            side = round(config.slide.patch_size * view.read_downsample)
             for kind in KINDS:
                 b = boxes[kind].get(s.slide_id)
                 if b is None or len(b) == 0:
                     continue
                 cover[kind] += [mask_cover(view, box) for box in b]
-                hit = tile_hits(locs, (side, side), b)
+                hit = tile_hits(locs, tile_size_level0(config, view), b)
                 if hit.any():
                     share[kind].append((float(e[cells][hit].sum()), float(hit.mean())))
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

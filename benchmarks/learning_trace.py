@@ -28,10 +28,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from clam_style import tile_size_level0
 
 from wsi_ats.models import PipelineConfig, SlideClassifier
 from wsi_ats.slides import open_slide
-from wsi_ats.stages import cells_to_locations, eval_mode, read_tiles, view_slide, view_tensors
+from wsi_ats.stages import (
+    cells_to_locations,
+    eval_mode,
+    read_tiles,
+    view_slide,
+    view_tensors,
+    view_tile_size,
+)
 from wsi_ats.synth.lesions import lesion_boxes, tile_hits
 from wsi_ats.training import read_cohort, train
 
@@ -77,9 +85,9 @@ class Probe:
             flat = att.reshape(-1)
             idx = torch.nonzero(flat > 0)[:, 0]
             locs = cells_to_locations(idx[None], tuple(att.shape), view, cfg)[0]
-            side = round(cfg.slide.patch_size * view.read_downsample)
-            on_mal = tile_hits(locs, (side, side), self.malignant[s.slide_id])
-            on_ben = tile_hits(locs, (side, side), self.benign[s.slide_id])
+            size = tile_size_level0(cfg, view)
+            on_mal = tile_hits(locs, size, self.malignant[s.slide_id])
+            on_ben = tile_hits(locs, size, self.benign[s.slide_id])
             rest = np.nonzero(~on_mal & ~on_ben)[0]
             picks = {
                 "malignant": np.nonzero(on_mal)[0][:8],
@@ -92,7 +100,7 @@ class Probe:
                     if len(cells) == 0:
                         continue
                     tiles = read_tiles(
-                        handle, locs[cells], view.read_level, (cfg.slide.patch_size,) * 2
+                        handle, locs[cells], view.read_level, view_tile_size(view, cfg)
                     )
                     t = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
                     with torch.no_grad(), eval_mode(model):

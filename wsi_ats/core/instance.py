@@ -65,13 +65,13 @@ def topk_instance_loss(
     y = labels.to(instance_logits.dtype)
     top = instance_logits.topk(k, dim=1).values  # [B, k]
     pos = F.binary_cross_entropy_with_logits(top, torch.ones_like(top), reduction="none").mean(1)
-    every = F.binary_cross_entropy_with_logits(
-        instance_logits, torch.zeros_like(instance_logits), reduction="none"
-    ).mean(1)
-    highest = F.binary_cross_entropy_with_logits(top, torch.zeros_like(top), reduction="none").mean(
-        1
-    )
-    neg = {"all": every, "topk": highest, "both": (every + highest) / 2}[negatives]
+    pushed_down = {"all": [instance_logits], "topk": [top], "both": [instance_logits, top]}
+    neg = torch.stack(
+        [
+            F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none").mean(1)
+            for x in pushed_down[negatives]
+        ]
+    ).mean(0)
     return torch.where(y > 0.5, pos, neg).mean()
 
 
