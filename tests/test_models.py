@@ -187,3 +187,24 @@ def test_a_switched_off_attention_trunk_keeps_a_gradient_only_when_leaky(activat
     first = next(iter(model.attention_net.trunk)).weight.grad
     grad = 0.0 if first is None else float(first.abs().sum())
     assert (grad > 0) == (activation == "leaky_relu")
+
+
+def test_leaky_feature_units_are_an_option_and_saved_with_the_checkpoint(tmp_path: Path) -> None:
+    """``features.activation`` picks the compact CNN's units; a checkpoint from before the field
+    loads with the ReLUs it was trained with."""
+    cfg = PipelineConfig().replace(features={"activation": "leaky_relu"})
+    model = build_model(cfg, seed=2).eval()
+    units = {type(m) for m in model.feature_net.body}
+    assert torch.nn.LeakyReLU in units and torch.nn.ReLU not in units
+    path = save_checkpoint(tmp_path / "run" / "model.pt", model, epoch=1)
+    loaded = load_model(path)
+    assert loaded.config.features.activation == "leaky_relu"
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(loaded.features(x), model.features(x))
+    relu = build_model(PipelineConfig(), seed=2).eval()
+    relu.load_state_dict(model.state_dict())  # same weights, other units: other features
+    assert not torch.allclose(relu.features(x), model.features(x))
+    raw = torch.load(path, weights_only=True)
+    del raw["config"]["features"]["activation"]  # as written before the field existed
+    torch.save(raw, path)
+    assert load_model(path).config.features.activation == "relu"

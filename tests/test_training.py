@@ -438,3 +438,29 @@ def test_train_step_gradients_equal_those_of_core(
     for name in got:
         assert float(got[name].abs().max()) > 0, f"{name}: no gradient"
         torch.testing.assert_close(got[name], expected[name], msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_attention_warmup_leaves_the_attention_network_unchanged(cohort: Path) -> None:
+    """During ``train.attention_warmup`` a step updates the feature network and the heads only."""
+    from wsi_ats.models import build_model
+    from wsi_ats.training.loop import epoch_settings
+    from wsi_ats.training.step import build_optimizer, train_step
+
+    cfg = CFG.replace(train={"attention_warmup": 2, "distill_coef": 1.0})
+    assert [epoch_settings(cfg, e).learn_attention for e in (1, 2, 3, 4)] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    slides = [s for s in read_cohort(cohort) if s.split == "train"][:2]
+    for epoch, moves in ((1, False), (3, True)):
+        model = build_model(cfg, seed=0)
+        optimizer = build_optimizer(model)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        with SlideStore(cfg, 2) as store:
+            gen = torch.Generator().manual_seed(0)
+            train_step(model, optimizer, store, slides, gen, epoch_settings(cfg, epoch))
+        changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        assert any(n.startswith("feature_net.") for n in changed)
+        assert any(n.startswith("attention_net.") for n in changed) == moves

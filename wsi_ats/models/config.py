@@ -89,6 +89,7 @@ class FeatureConfig:
     std: tuple[float, ...] = ()  # per-channel input std; () = the backbone's own
     freeze: str = "none"  # "none", "all", "<n>" (first n top-level modules), "a,b" (prefixes)
     cache_tiles: int = 0  # freeze = "all": keep backbone outputs of this many tiles (LRU); 0 = off
+    activation: str = "relu"  # units of the compact CNN: "relu" or "leaky_relu" (slope 0.1)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,8 @@ class TrainConfig:
         128  # N at the first epoch, annealed to sampling.n_patches; 0 = no anneal
     )
     anneal_epochs: int = 4  # epochs over which N goes from n_patches_start to sampling.n_patches
+    attention_warmup: int = 0  # first epochs in which the attention net is not updated (the
+    # feature net and the instance head learn from its initial map and the exploration first)
     balanced_batches: bool = True  # interleave the classes so every batch mixes labels
     seed: int = 0  # seeds shuffling, sampling and initialisation
     read_workers: int = 4  # threads that read tiles of upcoming slides in the background
@@ -371,6 +374,10 @@ def _validate(cfg: PipelineConfig) -> None:
             cfg.attention.activation in ("leaky_relu", "relu"),
             'attention.activation must be "leaky_relu" or "relu"',
         ),
+        (
+            cfg.features.activation in ("leaky_relu", "relu"),
+            'features.activation must be "leaky_relu" or "relu"',
+        ),
         (cfg.attention.map_stride in (1, 2, 4, 8), "attention.map_stride must be 1, 2, 4 or 8"),
         (
             cfg.features.backbone == "compact"
@@ -441,6 +448,7 @@ def _validate(cfg: PipelineConfig) -> None:
         ),
         (cfg.train.n_patches_start >= 0, "train.n_patches_start must be >= 0"),
         (cfg.train.anneal_epochs >= 0, "train.anneal_epochs must be >= 0"),
+        (cfg.train.attention_warmup >= 0, "train.attention_warmup must be >= 0"),
         (cfg.train.read_workers >= 1, "train.read_workers must be >= 1"),
         (0.0 <= cfg.train.val_fraction < 1.0, "train.val_fraction must be in [0, 1)"),
         (cfg.train.val_draws >= 1, "train.val_draws must be >= 1"),
@@ -460,6 +468,8 @@ SAVED_BEFORE: dict[tuple[str, str], Any] = {
     ("attention", "activation"): "relu",
     ("train", "evidence_quantile"): 0.0,
     ("train", "balanced_batches"): False,
+    ("features", "activation"): "relu",
+    ("train", "attention_warmup"): 0,
 }
 
 #: a tile must cover at least this share of its attention cell, or tissue is left unreadable

@@ -67,20 +67,27 @@ class CompactCNN(_Freezable):
         normalize: bool = False,
         mean: tuple[float, ...] = (),
         std: tuple[float, ...] = (),
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         self.frozen = []
         w = width
         self.input_norm = _InputNorm(mean, std) if mean else None
+
+        def unit() -> nn.Module:
+            if activation == "leaky_relu":
+                return nn.LeakyReLU(0.1, inplace=True)
+            return nn.ReLU(inplace=True)
+
         self.body = nn.Sequential(
             nn.Conv2d(3, w, 3, padding=1),
-            nn.ReLU(inplace=True),
+            unit(),
             nn.Conv2d(w, w, 3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
+            unit(),
             nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
+            unit(),
             nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
+            unit(),
         )
         self.proj = nn.Linear(4 * w, dim)
         self.normalize = normalize
@@ -226,7 +233,7 @@ def build_feature_net(cfg: FeatureConfig, pretrained: bool = True) -> nn.Module:
     ``cfg.freeze`` applied."""
     norm = (cfg.mean, cfg.std)
     if cfg.backbone == "compact":
-        net: nn.Module = CompactCNN(cfg.width, cfg.dim, cfg.normalize, *norm)
+        net: nn.Module = CompactCNN(cfg.width, cfg.dim, cfg.normalize, *norm, cfg.activation)
     elif cfg.backbone.startswith("timm:"):
         net = timm_backbone(cfg.backbone[len("timm:") :], cfg.dim, cfg.normalize, *norm)
     elif cfg.backbone.startswith("factory:"):

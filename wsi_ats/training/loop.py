@@ -92,14 +92,15 @@ def epoch_settings(config: PipelineConfig, epoch: int) -> StepSettings:
 
     ``N`` goes geometrically from ``train.n_patches_start`` at epoch 1 to ``sampling.n_patches`` at
     epoch ``1 + train.anneal_epochs`` (more tiles while the attention knows nothing yet); ``explore``
-    falls linearly from ``train.explore`` to 0 over ``train.explore_epochs`` (constant when 0).
+    falls linearly from ``train.explore`` to 0 over ``train.explore_epochs`` (constant when 0); the
+    attention network is only updated after the first ``train.attention_warmup`` epochs.
     """
     tc = config.train
     n, explore = exploration_schedule(
         epoch, config.sampling.n_patches, tc.n_patches_start, tc.anneal_epochs, tc.explore,
         tc.explore_epochs,
     )  # fmt: skip
-    return StepSettings(n, explore)
+    return StepSettings(n, explore, epoch > tc.attention_warmup)
 
 
 def exploration_schedule(

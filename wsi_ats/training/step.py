@@ -82,10 +82,12 @@ class StepStats:
 
 @dataclass
 class StepSettings:
-    """What varies from epoch to epoch: the number of tiles drawn and the exploration share."""
+    """What varies from epoch to epoch: the number of tiles drawn, the exploration share and
+    whether the attention network is updated (not during ``train.attention_warmup``)."""
 
     n_patches: int
     explore: float = 0.0
+    learn_attention: bool = True
 
 
 class RunningMean:
@@ -296,6 +298,9 @@ def train_step(
         probs.append(float(torch.sigmoid(logit.detach())[0]))
         labels.append(plan.slide.label)
         n_tiles += int(tiles.shape[0])
+    if not settings.learn_attention:  # Adam skips parameters without a gradient
+        for p in model.attention_net.parameters():
+            p.grad = None
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients
     clip_gradients(model)
