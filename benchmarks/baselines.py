@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from clam_style import read_view_tiles
 from torch import nn
 
 from wsi_ats.core import mask_to_map
@@ -40,7 +41,6 @@ from wsi_ats.slides import open_slide
 from wsi_ats.stages import (
     cells_to_locations,
     eval_mode,
-    read_tiles,
     tile_features,
     tissue_tile_count,
     view_slide,
@@ -141,12 +141,11 @@ def dense_predict(model: SlideClassifier, slide: LabelledSlide) -> tuple[float, 
     flat = att.reshape(-1)
     idx = torch.nonzero(flat > 0)[:, 0]
     locs = cells_to_locations(idx[None], tuple(att.shape), view, cfg)[0]  # [K, 2] level-0 (x, y)
-    size = (cfg.slide.patch_size, cfg.slide.patch_size)
     agg = torch.zeros(cfg.features.dim)
     chunk = 1024
     with open_slide(slide.path) as handle:
         for start in range(0, len(idx), chunk):
-            tiles = read_tiles(handle, locs[start : start + chunk], view.read_level, size)
+            tiles = read_view_tiles(handle, view, cfg, locs[start : start + chunk])
             f = torch.from_numpy(tile_features(model, tiles, cfg.predict.tile_batch_size))
             agg += (flat[idx[start : start + chunk]].cpu()[:, None] * f).sum(0)
     with torch.no_grad(), eval_mode(model):

@@ -41,8 +41,15 @@ from torch import nn
 
 from wsi_ats.models import PipelineConfig
 from wsi_ats.models.features import CompactCNN
-from wsi_ats.slides import open_slide
-from wsi_ats.stages import SlideView, read_tiles, tiles_to_tensor, view_slide, view_tile_size
+from wsi_ats.slides import Slide, open_slide
+from wsi_ats.stages import (
+    SlideView,
+    read_tiles,
+    tiles_to_tensor,
+    view_out_size,
+    view_slide,
+    view_tile_size,
+)
 from wsi_ats.synth.lesions import lesion_boxes, tile_hits
 from wsi_ats.training.data import LabelledSlide, read_cohort
 
@@ -59,6 +66,16 @@ def tile_size_level0(config: PipelineConfig, view: SlideView) -> tuple[int, int]
     (:func:`~wsi_ats.stages.view_tile_size`) x the read level's downsample."""
     w, h = view_tile_size(view, config)
     return round(w * view.read_downsample), round(h * view.read_downsample)
+
+
+def read_view_tiles(
+    handle: Slide, view: SlideView, config: PipelineConfig, locations: np.ndarray
+) -> np.ndarray:
+    """Tiles at level-0 ``locations`` read as the pipeline reads them: at the view's read level,
+    :func:`~wsi_ats.stages.view_tile_size` px, resized to the spec's tile size where the level's
+    resolution differs (physical specs)."""
+    size = view_tile_size(view, config)
+    return read_tiles(handle, locations, view.read_level, size, view_out_size(view))
 
 
 def tissue_tile_grid(view: SlideView, tile_size_level0: tuple[int, int]) -> np.ndarray:
@@ -122,6 +139,8 @@ def encoder_tag(
         "tiles": [config.slide.read_level, config.slide.patch_size, config.slide.lowres_size],
         "seed": seed,
     }
+    if config.slide.physical:  # tiles placed in microns (pixel specs keep their cached bags)
+        recipe["tiles"] += [config.slide.tile_mpp, config.slide.tile_size, config.slide.lowres_mpp]
     if kind == "tile-supervised":
         recipe.update(train=sorted(train_ids), epochs=epochs)
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -182,7 +201,6 @@ def lesion_tile_set(
     n_ben_all = sum(len(b) for _, _, b, _ in parts)
     keep_ben = min(n_neg // 2, n_ben_all) / max(n_ben_all, 1)
     per_slide_other = math.ceil((n_neg - round(n_ben_all * keep_ben)) / len(parts))
-    size = (config.slide.patch_size, config.slide.patch_size)
     tiles, labels = [], []
     for view, pos, ben, other in parts:
         pos = subsample(pos, round(len(pos) * keep_pos), rng)
@@ -195,7 +213,7 @@ def lesion_tile_set(
         locs = np.concatenate([pos, neg]).astype(np.int64).reshape(-1, 2)
         if len(locs):
             with open_slide(view.path) as handle:
-                tiles.append(read_tiles(handle, locs, view.read_level, size))
+                tiles.append(read_view_tiles(handle, view, config, locs))
             labels.append(np.r_[np.ones(len(pos)), np.zeros(len(neg))].astype(np.float32))
     return np.concatenate(tiles), np.concatenate(labels)
 
@@ -364,12 +382,11 @@ def extract_bag(
     t0 = time.perf_counter()
     view = view_slide(slide.path, config, slide.slide_id)
     locs = tissue_tile_grid(view, tile_size_level0(config, view))
-    size = (config.slide.patch_size, config.slide.patch_size)
     dim = int(getattr(encoder, "dim", config.features.dim))
     parts = []
     with open_slide(slide.path) as handle:
         for start in range(0, len(locs), READ_CHUNK):
-            tiles = read_tiles(handle, locs[start : start + READ_CHUNK], view.read_level, size)
+            tiles = read_view_tiles(handle, view, config, locs[start : start + READ_CHUNK])
             parts.append(encode_tiles(encoder, tiles, batch_size))
     feats = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
     seconds = time.perf_counter() - t0

@@ -170,3 +170,22 @@ def test_tile_supervised_encoder_and_main(tmp_path, capsys):
     assert "test AUC:" in out and "tiles per slide (test):" in out
     assert "seconds per slide (test, end to end):" in out
     assert len(list((tmp_path / "bags").glob("*.random.npz"))) == 4
+
+
+def test_dense_tiles_follow_a_physical_spec(slide):
+    """With tiles in microns the grid's step is one tile's level-0 footprint and the tiles are read
+    as the pipeline reads them: resized to the spec's tile size (0.6 um/px is no pyramid level)."""
+    from wsi_ats.slides import open_slide
+
+    config = PipelineConfig().replace(slide={"tile_mpp": 0.6, "tile_size": 32})
+    view = view_slide(slide.path, config, slide.slide_id)
+    size0 = cs.tile_size_level0(config, view)
+    mpp0 = float(np.mean(view.mpp))
+    assert abs(size0[0] * mpp0 - 32 * 0.6) <= mpp0  # 19.2 um, within one level-0 pixel
+    grid = cs.tissue_tile_grid(view, size0)
+    assert len(grid) > 20 and np.all(grid % np.asarray(size0) == 0)
+    with open_slide(slide.path) as handle:
+        tiles = cs.read_view_tiles(handle, view, config, grid[:5])
+    assert tiles.shape == (5, 32, 32, 3) and tiles.dtype == np.uint8
+    pixel = PipelineConfig().replace(slide={"patch_size": 32, "read_level": 0})
+    assert cs.encoder_tag("random", pixel, 0) != cs.encoder_tag("random", config, 0)
