@@ -123,27 +123,53 @@ class NegativeScores:
     :meth:`reference`, a high quantile of these: what slides without the finding already show. With
     the fixed prior odds 1/2 instead, an instance head whose bias sits above 0 (half the random
     initialisations) calls every tile evidence, and distillation then pulls the attention towards
-    whatever the head happens to score highest before it has learnt anything."""
+    whatever the head happens to score highest before it has learnt anything.
+
+    The tiles were drawn from the training proposal, which follows the attention: once the
+    attention has found the lesions' look-alikes, most tiles read on negative slides are
+    look-alikes, and a quantile of them would say nothing about the tissue around them (which then
+    reads as evidence, and distillation pulls the attention off the lesions; development
+    distractors cohort, seed 1, epoch 12). So each logit carries its importance weight ``u / q``
+    (``u`` uniform over the slide's tissue, ``q`` the proposal it was drawn from) and the
+    reference is the weighted quantile: what a uniform look at negative slides would show."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
         self.values = torch.empty(0)
+        self.weights = torch.empty(0)
 
-    def update(self, instance_logits: torch.Tensor) -> None:
+    def update(self, instance_logits: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Keep ``instance_logits`` (any shape) with their importance ``weights`` (same shape;
+        default 1), dropping the oldest beyond ``size``."""
         x = instance_logits.detach().reshape(-1).float().cpu()
+        w = torch.ones_like(x) if weights is None else weights.detach().reshape(-1).float().cpu()
+        if w.shape != x.shape:
+            raise ValueError(f"weights {tuple(w.shape)} do not match the logits {tuple(x.shape)}")
         self.values = torch.cat([self.values, x])[-self.size :]
+        self.weights = torch.cat([self.weights, w])[-self.size :]
 
     def reference(self, quantile: float, minimum: int = 64) -> float | None:
-        """The ``quantile`` of the stored logits; ``None`` while fewer than ``minimum`` are held."""
+        """The weighted ``quantile`` of the stored logits (the smallest value whose share of the
+        weight at or below it reaches ``quantile``); ``None`` while fewer than ``minimum`` are held."""
         if self.values.numel() < minimum:
             return None
-        return float(torch.quantile(self.values, quantile))
+        order = torch.argsort(self.values)
+        cumulative = torch.cumsum(self.weights[order].double(), 0)
+        i = int(torch.searchsorted(cumulative, quantile * cumulative[-1]))
+        return float(self.values[order][min(i, len(order) - 1)])
 
     def state(self) -> torch.Tensor:
-        return self.values.clone()
+        """``[2, n]``: the logits and their weights."""
+        return torch.stack([self.values, self.weights]).clone()
 
-    def load(self, values: torch.Tensor | None) -> None:
-        self.values = torch.empty(0) if values is None else values.detach().float().cpu().clone()
+    def load(self, state: torch.Tensor | None) -> None:
+        """Restore :meth:`state` (a 1-D tensor, as saved before the weights: weights 1)."""
+        if state is None:
+            state = torch.empty(0)
+        state = state.detach().float().cpu()
+        if state.dim() == 1:
+            state = torch.stack([state, torch.ones_like(state)])
+        self.values, self.weights = state[0].clone(), state[1].clone()
 
 
 def tile_evidence(
@@ -271,8 +297,10 @@ def train_step(
                 instance_losses.append(float(inst.detach()))
             if tc.distill_coef > 0:
                 evidence = tile_evidence(instance_logits, tc.evidence_quantile, negatives)
+                tissue = int(torch.isfinite(logits).sum())
+                uniform_over_q = 1.0 / (tissue * plan.drawn.proposal.to(device))  # u / q
                 if negatives is not None and plan.slide.label == 0:
-                    negatives.update(instance_logits)
+                    negatives.update(instance_logits, uniform_over_q)
                 sampled_logits = logits.reshape(1, -1).gather(1, plan.drawn.indices.to(device))
                 # fit the logits under the exploration measure e (uniform over tissue, or even
                 # over appearance strata), not under the attention's own preferences: weight e / q
@@ -281,12 +309,9 @@ def train_step(
                     dist = attention_distillation_loss(sampled_logits, evidence, weights)
                 else:  # "distribution": the attention as a whole moves to where evidence was
                     # weights u / q, u uniform over tissue: estimates the mean of e_k log a_k
-                    tissue = int(torch.isfinite(logits).sum())
                     log_att = torch.log_softmax(logits.reshape(1, -1), dim=1)
                     sampled_log = log_att.gather(1, plan.drawn.indices.to(device))
-                    dist = evidence_likelihood_loss(
-                        sampled_log, evidence, 1.0 / (tissue * plan.drawn.proposal.to(device))
-                    )
+                    dist = evidence_likelihood_loss(sampled_log, evidence, uniform_over_q)
                 loss = loss + tc.distill_coef * dist
                 distill_losses.append(float(dist.detach()))
         loss = loss / len(plans)
