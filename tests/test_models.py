@@ -152,24 +152,44 @@ def test_non_checkpoints_are_rejected(tmp_path: Path) -> None:
         load_model(tmp_path / "missing.pt")
 
 
-def test_checkpoint_from_before_the_activation_field_loads_with_relu(tmp_path: Path) -> None:
-    """A checkpoint that does not record ``attention.activation`` was trained with ReLUs: it must
-    load as such (not with today's leaky default) and give the attention it was saved with."""
-    cfg = PipelineConfig().replace(attention={"activation": "relu"})
-    model = build_model(cfg, seed=3).eval()
-    path = save_checkpoint(tmp_path / "old" / "model.pt", model, epoch=1)
+def written_before(path: Path, section: str, name: str) -> Path:
+    """Rewrite the checkpoint at ``path`` without ``section.name`` in its config, as a version
+    from before that field wrote it."""
     raw = torch.load(path, weights_only=True)
-    del raw["config"]["attention"]["activation"]  # as written before the field existed
+    del raw["config"][section][name]
     torch.save(raw, path)
-    loaded = load_model(path)
-    assert loaded.config.attention.activation == "relu"
-    x = torch.rand(1, 3, 48, 48)
-    torch.testing.assert_close(loaded.attention(x), model.attention(x))
-    leaky = build_model(PipelineConfig(), seed=3).eval()
-    leaky.load_state_dict(model.state_dict())  # same weights, other units: another attention
-    assert not torch.allclose(leaky.attention(x), model.attention(x))
-    with pytest.raises(CheckpointError, match="attention.activation"):
-        load_model(path, config=PipelineConfig())
+    return path
+
+
+@pytest.mark.parametrize("section", ["attention", "features"])
+def test_units_are_saved_and_a_checkpoint_from_before_the_field_loads_with_relu(
+    section: str, tmp_path: Path
+) -> None:
+    """``attention.activation`` / ``features.activation`` pick the units and are saved; a
+    checkpoint that does not record the field was trained with ReLUs and must load as such (not
+    with a leaky default) and give the outputs it was saved with."""
+
+    def output(m: SlideClassifier, x: torch.Tensor) -> torch.Tensor:
+        return m.attention(x) if section == "attention" else m.features(x)
+
+    x = torch.rand(2, 3, 48, 48)
+    models = {}
+    for units in ("relu", "leaky_relu"):
+        model = build_model(PipelineConfig().replace(**{section: {"activation": units}}), seed=3)
+        models[units] = model.eval()
+        loaded = load_model(save_checkpoint(tmp_path / units / "model.pt", model, epoch=1))
+        assert getattr(loaded.config, section).activation == units
+        torch.testing.assert_close(output(loaded, x), output(model, x))
+    leaky = models["leaky_relu"]
+    leaky.load_state_dict(models["relu"].state_dict())  # same weights, other units: other output
+    assert not torch.allclose(output(leaky, x), output(models["relu"], x))
+    old = written_before(tmp_path / "relu" / "model.pt", section, "activation")
+    loaded = load_model(old)
+    assert getattr(loaded.config, section).activation == "relu"
+    torch.testing.assert_close(output(loaded, x), output(models["relu"], x))
+    if section == "attention":  # today's default is leaky: the old weights do not fit it
+        with pytest.raises(CheckpointError, match="attention.activation"):
+            load_model(old, config=PipelineConfig())
 
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
@@ -187,24 +207,3 @@ def test_a_switched_off_attention_trunk_keeps_a_gradient_only_when_leaky(activat
     first = next(iter(model.attention_net.trunk)).weight.grad
     grad = 0.0 if first is None else float(first.abs().sum())
     assert (grad > 0) == (activation == "leaky_relu")
-
-
-def test_leaky_feature_units_are_an_option_and_saved_with_the_checkpoint(tmp_path: Path) -> None:
-    """``features.activation`` picks the compact CNN's units; a checkpoint from before the field
-    loads with the ReLUs it was trained with."""
-    cfg = PipelineConfig().replace(features={"activation": "leaky_relu"})
-    model = build_model(cfg, seed=2).eval()
-    units = {type(m) for m in model.feature_net.body}
-    assert torch.nn.LeakyReLU in units and torch.nn.ReLU not in units
-    path = save_checkpoint(tmp_path / "run" / "model.pt", model, epoch=1)
-    loaded = load_model(path)
-    assert loaded.config.features.activation == "leaky_relu"
-    x = torch.rand(3, 3, 32, 32)
-    torch.testing.assert_close(loaded.features(x), model.features(x))
-    relu = build_model(PipelineConfig(), seed=2).eval()
-    relu.load_state_dict(model.state_dict())  # same weights, other units: other features
-    assert not torch.allclose(relu.features(x), model.features(x))
-    raw = torch.load(path, weights_only=True)
-    del raw["config"]["features"]["activation"]  # as written before the field existed
-    torch.save(raw, path)
-    assert load_model(path).config.features.activation == "relu"
