@@ -335,3 +335,19 @@ def test_an_ome_zarr_slide_is_served_pixel_exact(out: Path, tmp_path: Path) -> N
             expected = slide.read_region((col * 256 * d, row * 256 * d), z, (256, 256))
             assert status == 200
             np.testing.assert_array_equal(png(body), expected)
+
+
+def test_a_slide_folder_without_its_prediction_is_listed_with_the_reason(
+    out: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "slides" / "slide_0" / "prediction.json").unlink()
+    srv = make_server(broken)
+    entry, other = srv.index.get("slide_0"), srv.index.get("slide_1")
+    srv.server_close()
+    assert entry is not None and not entry.viewable
+    assert "no prediction.json" in str(entry.problem) and "rerun `wsi-ats predict`" in str(
+        entry.problem
+    )
+    assert other is not None and other.viewable  # the other slides are unaffected

@@ -146,11 +146,15 @@ def _entry(out: Path, row: dict[str, Any], fallback: dict[str, str]) -> SlideEnt
         return entry
     try:
         entry.record = read_slide_prediction(entry.folder)
-        if entry.record is None:
-            raise OSError(f"no {PREDICTION_FILE}")
-        entry.coords = read_coords(entry.folder / "coords.csv")
+        if entry.record is not None:
+            entry.coords = read_coords(entry.folder / "coords.csv")
     except (OSError, ValueError) as exc:
         entry.problem = f"{entry.folder}: unreadable outputs ({exc}); rerun `wsi-ats predict`"
+        return entry
+    if entry.record is None:
+        entry.problem = (
+            f"{entry.folder}: unreadable outputs (no {PREDICTION_FILE}); rerun `wsi-ats predict`"
+        )
         return entry
     entry.path = entry.record.get("slide_path") or fallback.get(slide_id)
     if entry.path is None:
