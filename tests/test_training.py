@@ -464,3 +464,33 @@ def test_attention_warmup_leaves_the_attention_network_unchanged(cohort: Path) -
         changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
         assert any(n.startswith("feature_net.") for n in changed)
         assert any(n.startswith("attention_net.") for n in changed) == moves
+
+
+def test_slide_to_attention_scales_only_the_slide_gradient_on_the_attention(cohort: Path) -> None:
+    """With distillation and the instance loss off, the attention net's update under SGD scales
+    with ``train.slide_to_attention`` (0: none), while the feature net's update does not change."""
+    from wsi_ats.models import build_model
+    from wsi_ats.training.step import StepSettings, train_step
+
+    slides = [s for s in read_cohort(cohort) if s.split == "train"][:2]
+    deltas = {}
+    for c in (1.0, 0.5, 0.0):
+        cfg = CFG.replace(
+            train={"slide_to_attention": c, "distill_coef": 0.0, "instance_coef": 0.0,
+                   "grad_clip": 0.0, "attention_grad_clip": 0.0, "explore": 0.0}
+        )  # fmt: skip
+        model = build_model(cfg, seed=0)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        with SlideStore(cfg, 2) as store:
+            gen = torch.Generator().manual_seed(0)
+            train_step(model, optimizer, store, slides, gen, StepSettings(8))
+        deltas[c] = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+    attention = [n for n in deltas[1.0] if n.startswith("attention_net.")]
+    features = [n for n in deltas[1.0] if n.startswith("feature_net.")]
+    assert any(float(deltas[1.0][n].abs().max()) > 0 for n in attention)
+    for n in attention:
+        torch.testing.assert_close(deltas[0.5][n], 0.5 * deltas[1.0][n])
+        assert float(deltas[0.0][n].abs().max()) == 0.0
+    for n in features:
+        torch.testing.assert_close(deltas[0.0][n], deltas[1.0][n])

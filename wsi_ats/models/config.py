@@ -126,6 +126,8 @@ class TrainConfig:
     instance_topk: int = 0  # tiles of a positive slide trained towards its label; 0 = every tile
     instance_negatives: str = "all"  # negative slide's tiles towards 0: "all", "topk" or "both"
     distill_coef: float = 10.0  # weight of attention logits -> tiles' instance scores; 0 = off
+    slide_to_attention: float = 1.0  # weight of the slide loss's gradient on the attention net
+    # (1 = the paper's end-to-end estimator; 0 = the attention learns from distillation only)
     distill: str = (
         "distribution"  # "distribution": the softmax fits the evidence; "odds": each logit does
     )
@@ -426,6 +428,7 @@ def _validate(cfg: PipelineConfig) -> None:
             'train.instance_negatives must be "all", "topk" or "both"',
         ),
         (cfg.train.distill_coef >= 0, "train.distill_coef must be >= 0"),
+        (cfg.train.slide_to_attention >= 0, "train.slide_to_attention must be >= 0"),
         (
             0 <= cfg.train.evidence_quantile < 1,
             "train.evidence_quantile must be in [0, 1) (0 = prior odds 1/2)",

@@ -275,8 +275,11 @@ def train_step(
         att = torch.softmax(logits.reshape(1, -1), dim=1)
         tiles = tiles_to_tensor(plan.tiles.result(), device)
         feats = model.features(tiles, plan.tile_keys)  # [N, D]
+        # the slide loss reaches the attention scaled by train.slide_to_attention (same value)
+        c = tc.slide_to_attention
+        att_slide = att if c == 1.0 else att * c + att.detach() * (1.0 - c)
         pooled = estimate(
-            att,
+            att_slide,
             plan.drawn,
             feats[None],
             "loo" if tc.control_variate == "loo" else "none",
