@@ -127,9 +127,9 @@ class NegativeScores:
 
     The tiles were drawn from the training proposal, which follows the attention: once the
     attention has found the lesions' look-alikes, most tiles read on negative slides are
-    look-alikes, and a quantile of them would say nothing about the tissue around them (which then
-    reads as evidence, and distillation pulls the attention off the lesions; development
-    distractors cohort, seed 1, epoch 12). So each logit carries its importance weight ``u / q``
+    look-alikes, and a quantile of them says what the look-alikes score, not what the slides
+    show (a biased reference whose bias follows the attention). So each logit carries its
+    importance weight ``u / q``
     (``u`` uniform over the slide's tissue, ``q`` the proposal it was drawn from) and the
     reference is the weighted quantile: what a uniform look at negative slides would show."""
 
