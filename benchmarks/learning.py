@@ -31,6 +31,7 @@ CLAM-style extraction + head timed back to back on the same test slides.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -180,18 +181,39 @@ def merge(config: PipelineConfig, overrides: dict) -> PipelineConfig:
     return config.replace(**overrides) if overrides else config
 
 
+#: the package sources a training run depends on: a cached run trained by other sources is stale
+TRAINED_BY = ("core", "models", "slides", "training", "stages.py")
+#: ``--reuse-stale-runs``: reuse cached runs whatever sources trained them
+REUSE_STALE = False
+
+
+def source_digest(package: Path = ROOT / "wsi_ats") -> str:
+    """sha256 (16 hex digits) of the sources in :data:`TRAINED_BY`: names and bytes."""
+    files = []
+    for name in TRAINED_BY:
+        path = package / name
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def trained(
     manifest: Path,
     config: PipelineConfig | None,
     run_dir: Path,
     model: SlideClassifier | None = None,
 ) -> RunSummary:
-    """Train into ``run_dir`` unless a finished run with the same config is there already."""
+    """Train into ``run_dir`` unless a finished run with the same config, trained by the same
+    sources (``source.txt``, :func:`source_digest`), is there already."""
     wanted = config or model.config
     want = json.dumps(asdict(wanted), sort_keys=True)
+    digest = source_digest()
     for done in [run_dir, *sorted(run_dir.parent.glob("*"))]:  # same spec: same run, reused
-        spec, summary = done / "spec.json", done / "summary.json"
-        if summary.exists() and spec.exists() and _same_spec(spec, wanted):
+        spec, summary, source = done / "spec.json", done / "summary.json", done / "source.txt"
+        fresh = REUSE_STALE or (source.exists() and source.read_text().strip() == digest)
+        if fresh and summary.exists() and spec.exists() and _same_spec(spec, wanted):
             return RunSummary(**json.loads(summary.read_text()))
     summary = run_dir / "summary.json"
     t0 = time.perf_counter()
@@ -200,6 +222,7 @@ def trained(
         str(result.model_path), result.best_val_auc, result.best_epoch, time.perf_counter() - t0
     )
     (run_dir / "spec.json").write_text(want)
+    (run_dir / "source.txt").write_text(digest + "\n")
     summary.write_text(json.dumps(asdict(out)))
     return out
 
@@ -473,7 +496,13 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     ap.add_argument("--speed-slides", type=int, default=10, help="slides timed back to back")
     ap.add_argument("--out", type=Path, help="results file (default benchmarks/results/...)")
+    ap.add_argument(
+        "--reuse-stale-runs", action="store_true",
+        help="reuse cached training runs even when other package sources trained them",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    global REUSE_STALE
+    REUSE_STALE = args.reuse_stale_runs
     torch.set_num_threads(args.threads)
     config = PipelineConfig.from_toml(PIPELINE)
     if args.epochs:
