@@ -88,14 +88,21 @@ class Cluster:
         client.wait_for_workers(n, timeout=90)
 
     def close(self) -> None:
-        for proc in [*self.workers, self.scheduler]:
+        self.stop(*self.workers, self.scheduler)
+
+    @staticmethod
+    def stop(*procs: subprocess.Popen) -> None:
+        """SIGTERM, then SIGKILL what has not exited within 20 s (a worker busy closing its
+        connections on a loaded machine can take longer; how fast it exits is not under test)."""
+        for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-        for proc in [*self.workers, self.scheduler]:
+        for proc in procs:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -337,8 +344,7 @@ def test_feature_stage_goes_to_gpu_workers(
             client.scheduler_info()["workers"]
         )
     finally:
-        gpu.terminate()
-        gpu.wait(timeout=30)
+        cluster.stop(gpu)
 
 
 def test_local_cluster_and_in_memory_model(cohort: dict[str, Path], tmp_path: Path) -> None:
