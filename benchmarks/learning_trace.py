@@ -28,18 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from clam_style import tile_size_level0
+from clam_style import read_view_tiles, tile_size_level0
 
 from wsi_ats.models import PipelineConfig, SlideClassifier
 from wsi_ats.slides import open_slide
-from wsi_ats.stages import (
-    cells_to_locations,
-    eval_mode,
-    read_tiles,
-    view_slide,
-    view_tensors,
-    view_tile_size,
-)
+from wsi_ats.stages import cells_to_locations, eval_mode, tiles_to_tensor, view_slide, view_tensors
 from wsi_ats.synth.lesions import lesion_boxes, tile_hits
 from wsi_ats.training import read_cohort, train
 
@@ -99,10 +92,8 @@ class Probe:
                 for kind, cells in picks.items():
                     if len(cells) == 0:
                         continue
-                    tiles = read_tiles(
-                        handle, locs[cells], view.read_level, view_tile_size(view, cfg)
-                    )
-                    t = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
+                    tiles = read_view_tiles(handle, view, cfg, locs[cells])
+                    t = tiles_to_tensor(tiles, model.device)
                     with torch.no_grad(), eval_mode(model):
                         p = torch.sigmoid(model.instance_logits(model.features(t))).numpy()
                     att_by[kind] += a[cells].tolist()

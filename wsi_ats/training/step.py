@@ -129,9 +129,9 @@ class NegativeScores:
     attention has found the lesions' look-alikes, most tiles read on negative slides are
     look-alikes, and a quantile of them says what the look-alikes score, not what the slides
     show (a biased reference whose bias follows the attention). So each logit carries its
-    importance weight ``u / q``
-    (``u`` uniform over the slide's tissue, ``q`` the proposal it was drawn from) and the
-    reference is the weighted quantile: what a uniform look at negative slides would show."""
+    importance weight ``u / q`` (``u`` uniform over the slide's tissue, ``q`` the proposal it was
+    drawn from) and the reference is the weighted quantile: what a uniform look at negative slides
+    would show."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
