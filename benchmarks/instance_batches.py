@@ -5,14 +5,18 @@ the slide's label. Lesion tiles are a few percent of what a positive slide shows
 looks the same in both classes. This script trains the pipeline's feature network and instance head
 alone on tiles of the development distractors cohort, with steps of 128 tiles that either
 
-* mix the labels (64 tiles of negative slides, 64 of positive slides), or
-* take one label per step (128 tiles of negative slides, or 128 of positive slides),
+* mix the labels (64 tiles of negative slides, 64 of positive slides, pooled over all slides),
+* take one label per step (128 tiles of negative slides, or 128 of positive slides), or
+* mix the labels but take each label's 64 tiles from one slide, as a training step of two slides
+  does (why ``train.instance_memory`` replays tiles pooled over recent slides),
 
 with lesion tiles making up ``--witness`` (default 3.5%) of the positive slides' tiles, as the
 exploration gives them on that cohort. It prints how far the instance probability of lesion tiles
 rises above that of the other tiles. Same tiles, network, optimiser and number of steps.
 
     python benchmarks/instance_batches.py    # -> results/instance_batches.txt
+    python benchmarks/instance_batches.py --modes pooled one_slide --witness 0.011 \
+        --out benchmarks/results/instance_batches_one_slide.txt
 
 The cohort must exist under ``benchmarks/_cache`` (``learning.py --ablation --variant distractors``
 or ``learning_trace.py`` made it).
@@ -43,13 +47,22 @@ PIPELINE = ROOT / "pipelines" / "baselines.toml"
 TILE = 64  # px at level 1, as the pipeline reads them
 
 
+MODES = {
+    "pooled": "mixed labels",
+    "one_label": "one label per step",
+    "one_slide": "one slide per label",
+}
+
+
 def collect_tiles(cohort: Path, slides: int, per_slide: int, seed: int = 0) -> tuple:
-    """uint8 tiles ``[n, 64, 64, 3]`` (level 1), their kind (1 = in a malignant spot) and their
-    slide's label: up to 6 crops inside each malignant spot, ``per_slide`` random tissue tiles."""
+    """uint8 tiles ``[n, 64, 64, 3]`` (level 1), their kind (1 = in a malignant spot), their
+    slide's label and index: up to 6 crops inside each malignant spot, ``per_slide`` random tissue
+    tiles."""
     rng = np.random.default_rng(seed)
     malignant = lesion_boxes(cohort / "ground_truth.json", ("malignant",))
-    tiles, kinds, labels = [], [], []
-    for s in [s for s in read_cohort(cohort / "manifest.csv") if s.split == "train"][:slides]:
+    tiles, kinds, labels, index = [], [], [], []
+    train_set = [s for s in read_cohort(cohort / "manifest.csv") if s.split == "train"]
+    for i, s in enumerate(train_set[:slides]):
         with open_slide(s.path) as slide:
             w0, h0 = slide.dimensions
             for x, y, w, h in malignant.get(s.slide_id, []):
@@ -59,6 +72,7 @@ def collect_tiles(cohort: Path, slides: int, per_slide: int, seed: int = 0) -> t
                     tiles.append(np.asarray(slide.read_region((cx, cy), 1, (TILE, TILE)))[..., :3])
                     kinds.append(1)
                     labels.append(s.label)
+                    index.append(i)
             taken = 0
             while taken < per_slide:
                 cx, cy = (int(v) for v in rng.integers(0, (w0 - 2 * TILE, h0 - 2 * TILE)))
@@ -67,11 +81,12 @@ def collect_tiles(cohort: Path, slides: int, per_slide: int, seed: int = 0) -> t
                     tiles.append(t)
                     kinds.append(0)
                     labels.append(s.label)
+                    index.append(i)
                     taken += 1
-    return np.stack(tiles), np.array(kinds), np.array(labels)
+    return np.stack(tiles), np.array(kinds), np.array(labels), np.array(index)
 
 
-def run(tiles, kinds, labels, mixed: bool, witness: float, steps: int, seed: int) -> list:
+def run(tiles, kinds, labels, index, mode: str, witness: float, steps: int, seed: int) -> list:
     """Train feature net + instance head with naive MIL; the lesion-minus-other probability gap
     every 100 steps."""
     config = PipelineConfig.from_toml(PIPELINE)
@@ -84,14 +99,23 @@ def run(tiles, kinds, labels, mixed: bool, witness: float, steps: int, seed: int
     positive_other = np.flatnonzero((labels == 1) & (kinds == 0))
     lesion = np.flatnonzero(kinds == 1)
 
-    def positives(n: int) -> np.ndarray:
+    def positives(n: int, among: np.ndarray | None = None) -> np.ndarray:
         k = rng.binomial(n, witness)
-        return np.concatenate([rng.choice(positive_other, n - k), rng.choice(lesion, k)])
+        other, hits = positive_other, lesion
+        if among is not None:  # one slide's tiles (a slide without a lesion crop gives none)
+            other, hits = np.intersect1d(other, among), np.intersect1d(hits, among)
+            k = k if hits.size else 0
+        return np.concatenate([rng.choice(other, n - k), rng.choice(hits, k)]).astype(int)
+
+    def one_slide(label: int) -> np.ndarray:
+        return np.flatnonzero(index == rng.choice(np.unique(index[labels == label])))
 
     gaps = []
     for step in range(1, steps + 1):
-        if mixed:
+        if mode == "pooled":
             idx = np.concatenate([rng.choice(negative, 64), positives(64)])
+        elif mode == "one_slide":
+            idx = np.concatenate([rng.choice(one_slide(0), 64), positives(64, one_slide(1))])
         else:
             idx = rng.choice(negative, 128) if rng.random() < 0.5 else positives(128)
         target = torch.from_numpy(labels[idx]).float()
@@ -114,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--witness", type=float, default=0.035, help="lesion share of positive tiles")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=["pooled", "one_label"])
     ap.add_argument("--out", type=Path, default=RESULTS / "instance_batches.txt")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    tiles, kinds, labels = collect_tiles(CACHE / args.cohort, slides=60, per_slide=40)
+    tiles, kinds, labels, index = collect_tiles(CACHE / args.cohort, slides=60, per_slide=40)
     lines = [
         f"# benchmarks/instance_batches.py {' '.join(sys.argv[1:])}  ({now})",
         f"# cohort {args.cohort}: {len(tiles)} level-1 tiles of 60 training slides, "
@@ -131,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines), flush=True)
     t0 = time.perf_counter()
     for seed in args.seeds:
-        for mixed in (True, False):
-            gaps = run(tiles, kinds, labels, mixed, args.witness, args.steps, seed)
-            name = f"{'mixed labels' if mixed else 'one label per step'}, seed {seed}"
+        for mode in args.modes:
+            gaps = run(tiles, kinds, labels, index, mode, args.witness, args.steps, seed)
+            name = f"{MODES[mode]}, seed {seed}"
             lines.append(f"{name:<28}" + "".join(f"{g:>8.3f}" for g in gaps))
             print(lines[-1], flush=True)
     lines.append(f"total {time.perf_counter() - t0:.0f} s")

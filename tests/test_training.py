@@ -466,9 +466,18 @@ def test_attention_warmup_leaves_the_attention_network_unchanged(cohort: Path) -
         assert any(n.startswith("attention_net.") for n in changed) == moves
 
 
-def test_slide_to_attention_scales_only_the_slide_gradient_on_the_attention(cohort: Path) -> None:
-    """With distillation and the instance loss off, the attention net's update under SGD scales
-    with ``train.slide_to_attention`` (0: none), while the feature net's update does not change."""
+@pytest.mark.parametrize(
+    ("field", "scaled", "unchanged"),
+    [
+        ("slide_to_attention", "attention_net.", ("feature_net.", "head.")),
+        ("slide_to_features", "feature_net.", ("attention_net.", "head.")),
+    ],
+)
+def test_slide_gradient_weight_scales_only_its_network(
+    cohort: Path, field: str, scaled: str, unchanged: tuple[str, ...]
+) -> None:
+    """With distillation and the instance loss off, the update under SGD of the network that
+    ``train.<field>`` names scales with it (0: none), and no other parameter's update changes."""
     from wsi_ats.models import build_model
     from wsi_ats.training.step import StepSettings, train_step
 
@@ -476,7 +485,7 @@ def test_slide_to_attention_scales_only_the_slide_gradient_on_the_attention(coho
     deltas = {}
     for c in (1.0, 0.5, 0.0):
         cfg = CFG.replace(
-            train={"slide_to_attention": c, "distill_coef": 0.0, "instance_coef": 0.0,
+            train={field: c, "distill_coef": 0.0, "instance_coef": 0.0,
                    "grad_clip": 0.0, "attention_grad_clip": 0.0, "explore": 0.0}
         )  # fmt: skip
         model = build_model(cfg, seed=0)
@@ -486,11 +495,41 @@ def test_slide_to_attention_scales_only_the_slide_gradient_on_the_attention(coho
             gen = torch.Generator().manual_seed(0)
             train_step(model, optimizer, store, slides, gen, StepSettings(8))
         deltas[c] = {n: p.detach() - before[n] for n, p in model.named_parameters()}
-    attention = [n for n in deltas[1.0] if n.startswith("attention_net.")]
-    features = [n for n in deltas[1.0] if n.startswith("feature_net.")]
-    assert any(float(deltas[1.0][n].abs().max()) > 0 for n in attention)
-    for n in attention:
+    moved = [n for n in deltas[1.0] if n.startswith(scaled)]
+    others = [n for n in deltas[1.0] if n.startswith(unchanged)]
+    assert any(float(deltas[1.0][n].abs().max()) > 0 for n in moved)
+    assert any(float(deltas[1.0][n].abs().max()) > 0 for n in others)
+    for n in moved:
         torch.testing.assert_close(deltas[0.5][n], 0.5 * deltas[1.0][n])
         assert float(deltas[0.0][n].abs().max()) == 0.0
-    for n in features:
+    for n in others:
         torch.testing.assert_close(deltas[0.0][n], deltas[1.0][n])
+
+
+def test_instance_memory_trains_the_instance_head_on_tiles_of_both_labels(cohort: Path) -> None:
+    """With ``train.instance_memory``, a step's tiles join the memory, and the instance head learns
+    once the memory holds tiles of both labels (not from a first step of one label)."""
+    from wsi_ats.models import build_model
+    from wsi_ats.training.replay import TileMemory
+    from wsi_ats.training.step import StepSettings, train_step
+
+    train_slides = [s for s in read_cohort(cohort) if s.split == "train"]
+    negative = next(s for s in train_slides if s.label == 0)
+    positive = next(s for s in train_slides if s.label == 1)
+    cfg = CFG.replace(
+        train={"instance_memory": 64, "instance_replay": 16, "distill_coef": 0.0,
+               "slide_to_features": 0.0, "explore": 0.0}
+    )  # fmt: skip
+    model = build_model(cfg, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    memory = TileMemory(64)
+    gen = torch.Generator().manual_seed(0)
+    with SlideStore(cfg, 2) as store:
+        for batch, learns in (([positive], False), ([negative, positive], True)):
+            before = model.instance_head.weight.detach().clone()
+            stats = train_step(
+                model, optimizer, store, batch, gen, StepSettings(8), negatives=None, memory=memory
+            )
+            assert (stats.instance_loss > 0) == learns
+            assert (not torch.equal(model.instance_head.weight, before)) == learns
+    assert len(memory) == 3 * 8  # every tile read so far

@@ -125,12 +125,20 @@ class TrainConfig:
     instance_coef: float = 1.0  # weight of the instance loss on instance_head(f_i) of sampled tiles
     instance_topk: int = 0  # tiles of a positive slide trained towards its label; 0 = every tile
     instance_negatives: str = "all"  # negative slide's tiles towards 0: "all", "topk" or "both"
+    instance_memory: int = 0  # tiles kept from recent slides; the instance loss then trains on
+    # instance_replay of them a step, half of each label (0 = on the step's own tiles)
+    instance_replay: int = 256  # tiles a step drawn from the memory (instance_memory > 0)
     distill_coef: float = 10.0  # weight of attention logits -> tiles' instance scores; 0 = off
     slide_to_attention: float = 1.0  # weight of the slide loss's gradient on the attention net
     # (1 = the paper's end-to-end estimator; 0 = the attention learns from distillation only)
+    slide_to_features: float = 1.0  # weight of the slide loss's gradient on the feature net
+    # (0 = the feature net learns from the instance loss only; the head still trains)
     distill: str = (
         "distribution"  # "distribution": the softmax fits the evidence; "odds": each logit does
     )
+    evidence: str = "quantile"  # a tile's evidence: "quantile" (above evidence_quantile of the
+    # negative slides' tiles) or "tails" (1 - share of negative / of positive slides' tiles
+    # scoring as high)
     evidence_quantile: float = 0.999  # a tile is evidence above this quantile of the instance
     # logits of recent negative slides' tiles; 0 = above the prior odds 1/2 (the earlier rule)
     explore: float = 0.5  # share of the draws from the exploration measure (importance-weighted)
@@ -423,12 +431,23 @@ def _validate(cfg: PipelineConfig) -> None:
         ),
         (cfg.train.instance_coef >= 0, "train.instance_coef must be >= 0"),
         (cfg.train.instance_topk >= 0, "train.instance_topk must be >= 0"),
+        (cfg.train.instance_memory >= 0, "train.instance_memory must be >= 0"),
+        (cfg.train.instance_replay >= 2, "train.instance_replay must be >= 2"),
+        (
+            cfg.train.instance_memory == 0 or cfg.train.instance_topk == 0,
+            "train.instance_memory needs train.instance_topk = 0 (replayed tiles have no bag)",
+        ),
         (
             cfg.train.instance_negatives in ("all", "topk", "both"),
             'train.instance_negatives must be "all", "topk" or "both"',
         ),
         (cfg.train.distill_coef >= 0, "train.distill_coef must be >= 0"),
         (cfg.train.slide_to_attention >= 0, "train.slide_to_attention must be >= 0"),
+        (cfg.train.slide_to_features >= 0, "train.slide_to_features must be >= 0"),
+        (
+            cfg.train.evidence in ("quantile", "tails"),
+            'train.evidence must be "quantile" or "tails"',
+        ),
         (
             0 <= cfg.train.evidence_quantile < 1,
             "train.evidence_quantile must be in [0, 1) (0 = prior odds 1/2)",

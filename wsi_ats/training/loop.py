@@ -38,10 +38,11 @@ from wsi_ats.stages import (
     tile_features,
 )
 from wsi_ats.training.data import LabelledSlide, SlideStore, read_cohort, split_cohort
+from wsi_ats.training.replay import TileMemory
 from wsi_ats.training.step import (
-    NegativeScores,
     RunningMean,
     StepSettings,
+    TileScores,
     build_optimizer,
     train_step,
 )
@@ -220,7 +221,8 @@ def train(
     optimizer = build_optimizer(model)
     scaler = grad_scaler(device)  # float16 autocast only (CUDA without bfloat16)
     running_mean = RunningMean()
-    negatives = NegativeScores()
+    negatives, positives = TileScores(), TileScores()
+    memory = TileMemory(tc.instance_memory) if tc.instance_memory > 0 else None
     start_epoch, history, best = 1, [], None
     best_epoch, best_auc = 0, float("nan")
     if state is not None:
@@ -230,6 +232,7 @@ def train(
         _restore_optimizer(last, optimizer, state.get("optimizer"))
         running_mean.load(state.get("running_mean"))
         negatives.load(state.get("negative_scores"))
+        positives.load(state.get("positive_scores"))
         if scaler is not None and state.get("grad_scaler"):  # float16: the loss scale it reached
             scaler.load_state_dict(state["grad_scaler"])
         start_epoch = int(state["epoch"]) + 1
@@ -256,7 +259,7 @@ def train(
             t0 = time.perf_counter()
             row = _run_epoch(
                 model, optimizer, store, train_set, val_set, epoch, total_epochs, progress,
-                running_mean, scaler, negatives,
+                running_mean, scaler, negatives, memory, positives,
             )  # fmt: skip
             val_probs, val_labels = evaluate(model, store, val_set, tc.val_draws, tc.seed)
             row["val_auc"] = safe_auc(val_labels, val_probs)
@@ -295,6 +298,7 @@ def train(
                 best_val_loss=-best[1],
                 **({} if running_mean.value is None else {"running_mean": running_mean.state()}),
                 negative_scores=negatives.state(),
+                positive_scores=positives.state(),
                 **({} if scaler is None else {"grad_scaler": scaler.state_dict()}),
             )
             _write_history(out_dir / "history.csv", history)
@@ -381,7 +385,9 @@ def _run_epoch(
     progress: bool,
     running_mean: RunningMean | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    negatives: NegativeScores | None = None,
+    negatives: TileScores | None = None,
+    memory: TileMemory | None = None,
+    positives: TileScores | None = None,
 ) -> dict:
     tc = model.config.train
     settings = epoch_settings(model.config, epoch)
@@ -412,8 +418,9 @@ def _run_epoch(
         # views of the next batch (no weights involved) are computed while this one trains
         store.prefetch_views(batches[k + 1] if k + 1 < len(batches) else val_set)
         stats = train_step(
-            model, optimizer, store, batch, generator, settings, running_mean, scaler, negatives
-        )
+            model, optimizer, store, batch, generator, settings, running_mean, scaler, negatives,
+            memory, positives,
+        )  # fmt: skip
         losses.extend([stats.loss] * len(batch))
         inst.append(stats.instance_loss)
         dist.append(stats.distill_loss)

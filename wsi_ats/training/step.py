@@ -16,7 +16,9 @@ The loss of a slide (weights in ``[train]`` of the pipeline spec):
 * BCE of the slide logit ``head(estimate)`` against the label, minus ``entropy_coef`` x the
   attention's entropy; the attention gradient uses the control variate ``control_variate``;
 * ``instance_coef`` x the top-``k`` instance loss on the sampled tiles' logits
-  ``instance_head(f_i)`` (``k = 0``: every tile carries the slide's label);
+  ``instance_head(f_i)`` (``k = 0``: every tile carries the slide's label); with
+  ``instance_memory > 0`` instead, once a step, the naive-MIL loss on a minibatch of recent slides'
+  tiles (:class:`~wsi_ats.training.replay.TileMemory`);
 * ``distill_coef`` x attention distillation towards the (stop-gradient) evidence of the sampled
   tiles (:func:`wsi_ats.core.instance_evidence`): ``"distribution"`` fits the softmax over every
   cell to where evidence was found (:func:`wsi_ats.core.evidence_likelihood_loss`, weights
@@ -55,6 +57,7 @@ from wsi_ats.stages import (
     view_tile_size,
 )
 from wsi_ats.training.data import LabelledSlide, SlideStore
+from wsi_ats.training.replay import TileMemory
 
 
 @dataclass
@@ -111,8 +114,9 @@ class RunningMean:
         self.value = None if value is None else value.detach().float().cpu().clone()
 
 
-class NegativeScores:
-    """The instance logits of the last ``size`` tiles read on negative slides (no gradient).
+class TileScores:
+    """The instance logits of the last ``size`` tiles read on slides of one label (no gradient),
+    with their importance weights: the reference of a tile's evidence.
 
     Why a high quantile (0.999 by default), not 0.95: the distribution fit puts attention mass in
     proportion to the evidence summed over cells, and tissue has ~1000 times more cells than the
@@ -158,6 +162,19 @@ class NegativeScores:
         i = int(torch.searchsorted(cumulative, quantile * cumulative[-1]))
         return float(self.values[order][min(i, len(order) - 1)])
 
+    def tail_share(self, logits: torch.Tensor, minimum: int = 64) -> torch.Tensor | None:
+        """The weighted share of the stored logits at or above each of ``logits`` (any shape):
+        what share of a uniform look at the slides scores that high; ``None`` while fewer than
+        ``minimum`` are held."""
+        if self.values.numel() < minimum:
+            return None
+        order = torch.argsort(self.values)
+        values = self.values[order]
+        above = torch.flip(torch.cumsum(torch.flip(self.weights[order].double(), [0]), 0), [0])
+        above = torch.cat([above, above.new_zeros(1)]) / above[0]  # share at or above values[i]
+        i = torch.searchsorted(values, logits.detach().reshape(-1).float().cpu(), side="left")
+        return above[i].reshape(logits.shape).to(logits.device, torch.float32)
+
     def state(self) -> torch.Tensor:
         """``[2, n]``: the logits and their weights."""
         return torch.stack([self.values, self.weights]).clone()
@@ -173,10 +190,26 @@ class NegativeScores:
 
 
 def tile_evidence(
-    instance_logits: torch.Tensor, quantile: float, negatives: NegativeScores | None
+    instance_logits: torch.Tensor,
+    quantile: float,
+    negatives: TileScores | None,
+    positives: TileScores | None = None,
 ) -> torch.Tensor:
     """Stop-gradient evidence of the sampled tiles: odds against the prior 1/2 (``quantile`` 0), or
-    against the ``quantile`` of recent negative slides' tiles (none yet: no evidence)."""
+    against the ``quantile`` of recent negative slides' tiles (none yet: no evidence).
+
+    With ``positives`` (``train.evidence = "tails"``) instead: ``1 - T_neg(s) / T_pos(s)``, ``T``
+    the weighted share of negative or positive slides' tiles scoring ``s`` or more. Of the
+    positive slides' tissue that scores at least as high as the tile, the share that negative
+    slides do not show: ~1 above every negative tile, ~0 where both labels' tiles score alike,
+    whatever the instance head's bias and scale."""
+    if positives is not None and negatives is not None:
+        t_neg = negatives.tail_share(instance_logits)
+        t_pos = positives.tail_share(instance_logits)
+        if t_neg is None or t_pos is None:
+            return torch.zeros_like(instance_logits).detach()
+        ratio = t_neg / t_pos.clamp_min(torch.finfo(torch.float32).tiny)
+        return (1 - ratio).clamp_min(0).where(t_pos > 0, 0.0).to(instance_logits.dtype)
     if quantile <= 0 or negatives is None:
         return instance_evidence(instance_logits)
     ref = negatives.reference(quantile)
@@ -256,13 +289,16 @@ def train_step(
     settings: StepSettings | None = None,
     running_mean: RunningMean | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    negatives: NegativeScores | None = None,
+    negatives: TileScores | None = None,
+    memory: TileMemory | None = None,
+    positives: TileScores | None = None,
 ) -> StepStats:
     """One optimiser step on ``slides`` (the losses of the module docstring, accumulated, clipped).
 
     ``scaler``: loss scaling for a feature network in float16 autocast (CUDA without bfloat16).
     ``negatives``: the reference of the tiles' evidence (``train.evidence_quantile``), updated with
-    the negative slides' tiles of this step."""
+    the negative slides' tiles of this step (``positives``: the positive slides'). ``memory`` (``train.instance_memory``): the step's
+    tiles join it, and the instance loss trains on a mixed minibatch of it instead of on them."""
     tc = model.config.train
     device = model.device
     plans = plan_batch(model, store, slides, generator, settings)
@@ -273,15 +309,17 @@ def train_step(
         x, m = view_tensors(plan.view, device)
         logits = model.attention_logits(x, m)  # same weights and input as when drawing
         att = torch.softmax(logits.reshape(1, -1), dim=1)
-        tiles = tiles_to_tensor(plan.tiles.result(), device)
+        read = plan.tiles.result()
+        if memory is not None:
+            memory.add(read, plan.slide.label)
+        tiles = tiles_to_tensor(read, device)
         feats = model.features(tiles, plan.tile_keys)  # [N, D]
-        # the slide loss reaches the attention scaled by train.slide_to_attention (same value)
-        c = tc.slide_to_attention
-        att_slide = att if c == 1.0 else att * c + att.detach() * (1.0 - c)
+        # the slide loss reaches the attention and the feature net scaled by
+        # train.slide_to_attention and train.slide_to_features (same values forward)
         pooled = estimate(
-            att_slide,
+            scale_gradient(att, tc.slide_to_attention),
             plan.drawn,
-            feats[None],
+            scale_gradient(feats, tc.slide_to_features)[None],
             "loo" if tc.control_variate == "loo" else "none",
             _baseline(tc.control_variate, running_mean, device),
         )
@@ -292,18 +330,20 @@ def train_step(
         loss = bce - tc.entropy_coef * entropy
         if tc.instance_coef > 0 or tc.distill_coef > 0:
             instance_logits = model.instance_logits(feats)[None]  # [1, N]
-            if tc.instance_coef > 0:
+            if tc.instance_coef > 0 and memory is None:
                 inst = topk_instance_loss(
                     instance_logits, target, tc.instance_topk, tc.instance_negatives
                 )
                 loss = loss + tc.instance_coef * inst
                 instance_losses.append(float(inst.detach()))
             if tc.distill_coef > 0:
-                evidence = tile_evidence(instance_logits, tc.evidence_quantile, negatives)
+                tails = positives if tc.evidence == "tails" else None
+                evidence = tile_evidence(instance_logits, tc.evidence_quantile, negatives, tails)
                 tissue = int(torch.isfinite(logits).sum())
                 uniform_over_q = 1.0 / (tissue * plan.drawn.proposal.to(device))  # u / q
-                if negatives is not None and plan.slide.label == 0:
-                    negatives.update(instance_logits, uniform_over_q)
+                reference = negatives if plan.slide.label == 0 else positives
+                if reference is not None:
+                    reference.update(instance_logits, uniform_over_q)
                 sampled_logits = logits.reshape(1, -1).gather(1, plan.drawn.indices.to(device))
                 # fit the logits under the exploration measure e (uniform over tissue, or even
                 # over appearance strata), not under the attention's own preferences: weight e / q
@@ -326,6 +366,12 @@ def train_step(
         probs.append(float(torch.sigmoid(logit.detach())[0]))
         labels.append(plan.slide.label)
         n_tiles += int(tiles.shape[0])
+    if memory is not None and tc.instance_coef > 0:
+        inst = replay_instance_loss(model, memory, generator)
+        if inst is not None:
+            weighted = tc.instance_coef * inst
+            (weighted if scaler is None else scaler.scale(weighted)).backward()
+            instance_losses.append(float(inst.detach()))
     if not settings.learn_attention:  # Adam skips parameters without a gradient
         for p in model.attention_net.parameters():
             p.grad = None
@@ -346,6 +392,25 @@ def train_step(
         float(np.mean(instance_losses)) if instance_losses else 0.0,
         float(np.mean(distill_losses)) if distill_losses else 0.0,
     )
+
+
+def replay_instance_loss(
+    model: SlideClassifier, memory: TileMemory, generator: torch.Generator
+) -> torch.Tensor | None:
+    """Naive-MIL instance loss on ``train.instance_replay`` tiles of the memory (every tile
+    towards its slide's label, half of each label); ``None`` until the memory holds both labels."""
+    batch = memory.sample(model.config.train.instance_replay, generator)
+    if batch is None:
+        return None
+    tiles, labels = batch
+    logits = model.instance_logits(model.features(tiles_to_tensor(tiles, model.device)))
+    target = torch.from_numpy(labels).to(logits)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+
+
+def scale_gradient(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """``x`` forward; its gradient times ``weight`` backward (1: unchanged, 0: none)."""
+    return x if weight == 1.0 else x * weight + x.detach() * (1.0 - weight)
 
 
 def _baseline(

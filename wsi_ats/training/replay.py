@@ -1,0 +1,66 @@
+"""A bounded memory of recently read tiles, so the instance loss sees many slides per step.
+
+The training step reads ``N`` tiles of one slide at a time. Trained on those alone, the instance
+classifier meets each step the tiles of one positive and one negative slide: whatever tells those
+two slides apart (stain, tissue type, scanner) dominates its gradient, and the one or two lesion
+tiles among hundreds are drowned. ``benchmarks/instance_batches.py`` shows the effect: at a 1.1%
+witness rate, 400 steps of tiles pooled over many slides teach the classifier the lesions, 400
+steps of one slide per label do not.
+
+:class:`TileMemory` keeps the last ``capacity`` tiles of each label (uint8, on the host) and hands
+out mixed minibatches drawn across every slide it holds, half of each label: the step's instance
+loss (``train.instance_memory``) is naive multiple-instance learning on those, every tile carrying
+its slide's label. Memory is bounded by ``capacity`` x the tile size, whatever the slides' size or
+the cohort's. The memory is not saved in checkpoints: a resumed run refills it within an epoch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["TileMemory"]
+
+
+class TileMemory:
+    """Ring buffers of the last ``capacity // 2`` tiles of negative and of positive slides."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 2:
+            raise ValueError(f"capacity must be >= 2 tiles, got {capacity}")
+        self.per_label = capacity // 2
+        self._tiles: dict[int, np.ndarray | None] = {0: None, 1: None}
+        self._count = {0: 0, 1: 0}  # tiles ever added (the ring position is count % per_label)
+
+    def __len__(self) -> int:
+        return sum(min(c, self.per_label) for c in self._count.values())
+
+    def add(self, tiles: np.ndarray, label: int) -> None:
+        """Keep ``tiles`` (uint8 ``[n, h, w, 3]``) of a slide of ``label`` (0 or 1), the oldest
+        of that label dropped beyond the capacity."""
+        if label not in (0, 1):
+            raise ValueError(f"label must be 0 or 1, got {label}")
+        buf = self._tiles[label]
+        if buf is None:
+            buf = self._tiles[label] = np.empty((self.per_label, *tiles.shape[1:]), np.uint8)
+        elif buf.shape[1:] != tiles.shape[1:]:
+            raise ValueError(
+                f"tiles of shape {tiles.shape[1:]} cannot join a memory of {buf.shape[1:]} tiles"
+            )
+        for tile in tiles[-self.per_label :]:
+            buf[self._count[label] % self.per_label] = tile
+            self._count[label] += 1
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+        """``n`` tiles drawn uniformly with replacement, half from each label, and their labels
+        (float32 ``[n]``); ``None`` until both labels have tiles."""
+        held = {label: min(c, self.per_label) for label, c in self._count.items()}
+        if min(held.values()) == 0:
+            return None
+        tiles, labels = [], []
+        for label, k in ((0, n // 2), (1, n - n // 2)):
+            idx = torch.randint(held[label], (k,), generator=generator, device=generator.device)
+            idx = idx.cpu().numpy()
+            tiles.append(self._tiles[label][idx])
+            labels.append(np.full(k, label, np.float32))
+        return np.concatenate(tiles), np.concatenate(labels)
