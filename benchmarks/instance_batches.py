@@ -8,7 +8,10 @@ alone on tiles of the development distractors cohort, with steps of 128 tiles th
 * mix the labels (64 tiles of negative slides, 64 of positive slides, pooled over all slides),
 * take one label per step (128 tiles of negative slides, or 128 of positive slides), or
 * mix the labels but take each label's 64 tiles from one slide, as a training step of two slides
-  does (why ``train.instance_memory`` replays tiles pooled over recent slides),
+  does (why ``train.instance_memory`` replays tiles pooled over recent slides), or
+* pool the tiles but add the slide loss a training step back-propagates into the feature net: BCE
+  of the slide head on the mean feature of each label's 64 tiles (why
+  ``train.slide_to_features = 0`` exists),
 
 with lesion tiles making up ``--witness`` (default 3.5%) of the positive slides' tiles, as the
 exploration gives them on that cohort. It prints how far the instance probability of lesion tiles
@@ -17,6 +20,8 @@ rises above that of the other tiles. Same tiles, network, optimiser and number o
     python benchmarks/instance_batches.py    # -> results/instance_batches.txt
     python benchmarks/instance_batches.py --modes pooled one_slide --witness 0.011 \
         --out benchmarks/results/instance_batches_one_slide.txt
+    python benchmarks/instance_batches.py --modes pooled slide_loss --witness 0.011 \
+        --out benchmarks/results/instance_batches_slide_loss.txt
 
 The cohort must exist under ``benchmarks/_cache`` (``learning.py --ablation --variant distractors``
 or ``learning_trace.py`` made it).
@@ -51,6 +56,7 @@ MODES = {
     "pooled": "mixed labels",
     "one_label": "one label per step",
     "one_slide": "one slide per label",
+    "slide_loss": "mixed labels + slide loss",
 }
 
 
@@ -92,6 +98,7 @@ def run(tiles, kinds, labels, index, mode: str, witness: float, steps: int, seed
     config = PipelineConfig.from_toml(PIPELINE)
     model = build_model(config, seed=seed)
     params = [*model.feature_net.parameters(), *model.instance_head.parameters()]
+    params += list(model.head.parameters()) if mode == "slide_loss" else []
     opt = torch.optim.Adam(params, lr=config.train.lr)
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
@@ -112,15 +119,22 @@ def run(tiles, kinds, labels, index, mode: str, witness: float, steps: int, seed
 
     gaps = []
     for step in range(1, steps + 1):
-        if mode == "pooled":
+        if mode in ("pooled", "slide_loss"):
             idx = np.concatenate([rng.choice(negative, 64), positives(64)])
         elif mode == "one_slide":
             idx = np.concatenate([rng.choice(one_slide(0), 64), positives(64, one_slide(1))])
         else:
             idx = rng.choice(negative, 128) if rng.random() < 0.5 else positives(128)
         target = torch.from_numpy(labels[idx]).float()
-        logits = model.instance_logits(model.features(x[idx]))
+        feats = model.features(x[idx])
+        logits = model.instance_logits(feats)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        if mode == "slide_loss":  # idx holds 64 tiles of negative slides, then 64 of positive
+            slide_logits = model.classify(torch.stack([feats[:64].mean(0), feats[64:].mean(0)]))
+            slide_target = torch.tensor([0.0, 1.0])
+            loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(
+                slide_logits.reshape(-1), slide_target
+            )
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip)

@@ -153,6 +153,14 @@ ABLATION_ROWS = {
         "symmetric top-8 instance loss, N annealed over 8 epochs",
         {"train": {"instance_topk": 8, "instance_negatives": "topk", "anneal_epochs": 8}},
     ),
+    "memory": (
+        "tile memory, slide loss off the features",
+        {"train": {"instance_memory": 4096, "slide_to_features": 0.0}},
+    ),
+    "tails": (
+        "tile memory, slide loss off the features, tails evidence",
+        {"train": {"instance_memory": 4096, "slide_to_features": 0.0, "evidence": "tails"}},
+    ),
     "previous": ("previous defaults (first round)", PREVIOUS),
     "plain": ("plain (every remedy off)", PLAIN),
 }

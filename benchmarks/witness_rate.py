@@ -1,0 +1,83 @@
+"""Witness rate: the share of the tiles a training step draws on positive slides that lie in lesions.
+
+The tile classifier learns from the lesion tiles among the tiles it is shown; this script measures
+their share under the training proposal of an untrained model (the attention is near uniform, so
+the share is what exploration gives), per kind of spot, drawing ``N`` cells of each positive
+training slide of a cached cohort as ``training/step.py`` does (without replacement, exploration
+share ``explore``).
+
+    python benchmarks/witness_rate.py --cohort dev_distractors_100x16384 \\
+        --out benchmarks/results/witness_rate_dev_distractors.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from clam_style import tile_size_level0
+
+from wsi_ats.models import PipelineConfig
+from wsi_ats.models.classifier import build_model
+from wsi_ats.stages import attention_map_size, cells_to_locations
+from wsi_ats.synth.lesions import lesion_boxes, tile_hits
+from wsi_ats.training import read_cohort
+from wsi_ats.training.data import SlideStore
+from wsi_ats.training.step import StepSettings, plan_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / "_cache"
+PIPELINE = ROOT / "pipelines" / "baselines.toml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--cohort", default="dev_distractors_100x16384", help="folder in _cache")
+    ap.add_argument("--n", type=int, default=128, help="tiles drawn per slide")
+    ap.add_argument("--explore", type=float, default=0.5, help="exploration share of the draws")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    cohort = CACHE / args.cohort
+    config = PipelineConfig.from_toml(PIPELINE)
+    model = build_model(config, seed=args.seed)
+    kinds = ("malignant", "benign", "distractor")
+    boxes = {k: lesion_boxes(cohort / "ground_truth.json", (k,)) for k in kinds}
+    slides = [s for s in read_cohort(cohort / "manifest.csv") if s.split == "train" and s.label]
+    generator = torch.Generator().manual_seed(args.seed)
+    hits = dict.fromkeys(kinds, 0)
+    total = 0
+    with SlideStore(config, 2) as store:
+        for s in slides:
+            plan = plan_batch(model, store, [s], generator, StepSettings(args.n, args.explore))[0]
+            plan.tiles.cancel()  # only the locations are needed
+            map_size = attention_map_size(model, plan.view)
+            locs = cells_to_locations(plan.drawn.indices, map_size, plan.view, config)[0]
+            size = tile_size_level0(config, plan.view)
+            for k in kinds:
+                hits[k] += int(tile_hits(np.asarray(locs), size, boxes[k][s.slide_id]).sum())
+            total += int(np.asarray(locs).reshape(-1, 2).shape[0])
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# benchmarks/witness_rate.py {' '.join(sys.argv[1:])}  ({now})",
+        f"# cohort {args.cohort}: {len(slides)} positive training slides, N = {args.n} per slide "
+        f"without replacement, explore {args.explore}, untrained model of {PIPELINE.name} "
+        f"(seed {args.seed})",
+        f"# machine: {platform.machine()}, torch {torch.__version__}",
+        f"tiles drawn: {total}",
+        *(f"{k:<11} {hits[k] / total:7.2%}" for k in kinds),
+    ]
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
