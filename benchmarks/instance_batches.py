@@ -22,6 +22,8 @@ rises above that of the other tiles. Same tiles, network, optimiser and number o
         --out benchmarks/results/instance_batches_one_slide.txt
     python benchmarks/instance_batches.py --modes pooled slide_loss --witness 0.011 \
         --out benchmarks/results/instance_batches_slide_loss.txt
+    python benchmarks/instance_batches.py --modes pooled --witness 0.011 --per-label 256 \
+        --out benchmarks/results/instance_batches_512.txt
 
 The cohort must exist under ``benchmarks/_cache`` (``learning.py --ablation --variant distractors``
 or ``learning_trace.py`` made it).
@@ -92,7 +94,17 @@ def collect_tiles(cohort: Path, slides: int, per_slide: int, seed: int = 0) -> t
     return np.stack(tiles), np.array(kinds), np.array(labels), np.array(index)
 
 
-def run(tiles, kinds, labels, index, mode: str, witness: float, steps: int, seed: int) -> list:
+def run(
+    tiles,
+    kinds,
+    labels,
+    index,
+    mode: str,
+    witness: float,
+    steps: int,
+    seed: int,
+    per_label: int = 64,
+) -> list:
     """Train feature net + instance head with naive MIL; the lesion-minus-other probability gap
     every 100 steps."""
     config = PipelineConfig.from_toml(PIPELINE)
@@ -120,17 +132,21 @@ def run(tiles, kinds, labels, index, mode: str, witness: float, steps: int, seed
     gaps = []
     for step in range(1, steps + 1):
         if mode in ("pooled", "slide_loss"):
-            idx = np.concatenate([rng.choice(negative, 64), positives(64)])
+            idx = np.concatenate([rng.choice(negative, per_label), positives(per_label)])
         elif mode == "one_slide":
-            idx = np.concatenate([rng.choice(one_slide(0), 64), positives(64, one_slide(1))])
+            idx = np.concatenate(
+                [rng.choice(one_slide(0), per_label), positives(per_label, one_slide(1))]
+            )
         else:
-            idx = rng.choice(negative, 128) if rng.random() < 0.5 else positives(128)
+            b = 2 * per_label
+            idx = rng.choice(negative, b) if rng.random() < 0.5 else positives(b)
         target = torch.from_numpy(labels[idx]).float()
         feats = model.features(x[idx])
         logits = model.instance_logits(feats)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
-        if mode == "slide_loss":  # idx holds 64 tiles of negative slides, then 64 of positive
-            slide_logits = model.classify(torch.stack([feats[:64].mean(0), feats[64:].mean(0)]))
+        if mode == "slide_loss":  # idx: per_label tiles of negative slides, then of positive
+            pooled = torch.stack([feats[:per_label].mean(0), feats[per_label:].mean(0)])
+            slide_logits = model.classify(pooled)
             slide_target = torch.tensor([0.0, 1.0])
             loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(
                 slide_logits.reshape(-1), slide_target
@@ -153,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--modes", nargs="+", choices=list(MODES), default=["pooled", "one_label"])
+    ap.add_argument("--per-label", type=int, default=64, help="tiles of each label a step")
     ap.add_argument("--out", type=Path, default=RESULTS / "instance_batches.txt")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -163,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# cohort {args.cohort}: {len(tiles)} level-1 tiles of 60 training slides, "
         f"{int(kinds.sum())} in malignant spots; lesion share of positive tiles {args.witness:.1%}",
         f"# machine: {platform.machine()}, torch {torch.__version__}, 1 thread; "
-        "pipelines/baselines.toml feature net + instance head, Adam, naive MIL, 128 tiles a step",
+        f"pipelines/baselines.toml feature net + instance head, Adam, naive MIL, "
+        f"{2 * args.per_label} tiles a step",
         "# gap: mean instance probability of lesion tiles minus that of negative slides' tiles",
         f"{'steps':<28}" + "".join(f"{k:>8}" for k in range(100, args.steps + 1, 100)),
     ]
@@ -171,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for seed in args.seeds:
         for mode in args.modes:
-            gaps = run(tiles, kinds, labels, index, mode, args.witness, args.steps, seed)
+            gaps = run(
+                tiles, kinds, labels, index, mode, args.witness, args.steps, seed, args.per_label
+            )
             name = f"{MODES[mode]}, seed {seed}"
             lines.append(f"{name:<28}" + "".join(f"{g:>8.3f}" for g in gaps))
             print(lines[-1], flush=True)

@@ -338,9 +338,7 @@ def preamble(
 ) -> list[str]:
     n = {k: len(v) for k, v in splits.items()}
     return [
-        f"# benchmarks/learning.py --variant {args.variant}"
-        f"{f' --ablation --cohort {args.cohort}' if args.ablation else ''}"
-        f"{f' --epochs {args.epochs}' if args.epochs else ''}"
+        f"# benchmarks/learning.py {' '.join(sys.argv[1:])}"
         f"  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         f"# cohort: {manifest.parent.name}: {sum(n.values())} synthetic slides of {SIZE} x {SIZE} px "
         f"(train {n['train']}, val {n['val']}, test {n['test']}), variant {args.variant}",
