@@ -297,8 +297,9 @@ def train_step(
 
     ``scaler``: loss scaling for a feature network in float16 autocast (CUDA without bfloat16).
     ``negatives``: the reference of the tiles' evidence (``train.evidence_quantile``), updated with
-    the negative slides' tiles of this step (``positives``: the positive slides'). ``memory`` (``train.instance_memory``): the step's
-    tiles join it, and the instance loss trains on a mixed minibatch of it instead of on them."""
+    the negative slides' tiles of this step (``positives``: with the positive slides' tiles, the
+    second reference of ``train.evidence = "tails"``). ``memory`` (``train.instance_memory``): the
+    step's tiles join it, and the instance loss trains on a mixed minibatch of it instead."""
     tc = model.config.train
     device = model.device
     plans = plan_batch(model, store, slides, generator, settings)
