@@ -221,7 +221,8 @@ def train(
     optimizer = build_optimizer(model)
     scaler = grad_scaler(device)  # float16 autocast only (CUDA without bfloat16)
     running_mean = RunningMean()
-    negatives, positives = TileScores(), TileScores()
+    negatives = TileScores()
+    positives = TileScores() if tc.evidence == "tails" else None  # the second reference
     memory = TileMemory(tc.instance_memory) if tc.instance_memory > 0 else None
     start_epoch, history, best = 1, [], None
     best_epoch, best_auc = 0, float("nan")
@@ -232,7 +233,8 @@ def train(
         _restore_optimizer(last, optimizer, state.get("optimizer"))
         running_mean.load(state.get("running_mean"))
         negatives.load(state.get("negative_scores"))
-        positives.load(state.get("positive_scores"))
+        if positives is not None:
+            positives.load(state.get("positive_scores"))
         if scaler is not None and state.get("grad_scaler"):  # float16: the loss scale it reached
             scaler.load_state_dict(state["grad_scaler"])
         start_epoch = int(state["epoch"]) + 1
@@ -298,7 +300,7 @@ def train(
                 best_val_loss=-best[1],
                 **({} if running_mean.value is None else {"running_mean": running_mean.state()}),
                 negative_scores=negatives.state(),
-                positive_scores=positives.state(),
+                **({} if positives is None else {"positive_scores": positives.state()}),
                 **({} if scaler is None else {"grad_scaler": scaler.state_dict()}),
             )
             _write_history(out_dir / "history.csv", history)

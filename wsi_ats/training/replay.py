@@ -48,9 +48,9 @@ class TileMemory:
             raise ValueError(
                 f"tiles of shape {tiles.shape[1:]} cannot join a memory of {buf.shape[1:]} tiles"
             )
-        for tile in tiles[-self.per_label :]:
-            buf[self._count[label] % self.per_label] = tile
-            self._count[label] += 1
+        kept = tiles[-self.per_label :]
+        buf[(self._count[label] + np.arange(len(kept))) % self.per_label] = kept
+        self._count[label] += len(kept)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray] | None:
         """``n`` tiles drawn uniformly with replacement, half from each label, and their labels

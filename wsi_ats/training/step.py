@@ -155,25 +155,34 @@ class TileScores:
     def reference(self, quantile: float, minimum: int = 64) -> float | None:
         """The weighted ``quantile`` of the stored logits (the smallest value whose share of the
         weight at or below it reaches ``quantile``); ``None`` while fewer than ``minimum`` are held."""
-        if self.values.numel() < minimum:
+        held = self._sorted(minimum)
+        if held is None:
             return None
-        order = torch.argsort(self.values)
-        cumulative = torch.cumsum(self.weights[order].double(), 0)
+        values, weights = held
+        cumulative = torch.cumsum(weights, 0)
         i = int(torch.searchsorted(cumulative, quantile * cumulative[-1]))
-        return float(self.values[order][min(i, len(order) - 1)])
+        return float(values[min(i, len(values) - 1)])
 
     def tail_share(self, logits: torch.Tensor, minimum: int = 64) -> torch.Tensor | None:
         """The weighted share of the stored logits at or above each of ``logits`` (any shape):
         what share of a uniform look at the slides scores that high; ``None`` while fewer than
         ``minimum`` are held."""
-        if self.values.numel() < minimum:
+        held = self._sorted(minimum)
+        if held is None:
             return None
-        order = torch.argsort(self.values)
-        values = self.values[order]
-        above = torch.flip(torch.cumsum(torch.flip(self.weights[order].double(), [0]), 0), [0])
+        values, weights = held
+        above = torch.flip(torch.cumsum(torch.flip(weights, [0]), 0), [0])
         above = torch.cat([above, above.new_zeros(1)]) / above[0]  # share at or above values[i]
         i = torch.searchsorted(values, logits.detach().reshape(-1).float().cpu(), side="left")
         return above[i].reshape(logits.shape).to(logits.device, torch.float32)
+
+    def _sorted(self, minimum: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The stored logits in ascending order and their weights (float64); ``None`` while
+        fewer than ``minimum`` are held."""
+        if self.values.numel() < minimum:
+            return None
+        order = torch.argsort(self.values)
+        return self.values[order], self.weights[order].double()
 
     def state(self) -> torch.Tensor:
         """``[2, n]``: the logits and their weights."""
@@ -297,8 +306,8 @@ def train_step(
 
     ``scaler``: loss scaling for a feature network in float16 autocast (CUDA without bfloat16).
     ``negatives``: the reference of the tiles' evidence (``train.evidence_quantile``), updated with
-    the negative slides' tiles of this step (``positives``: with the positive slides' tiles, the
-    second reference of ``train.evidence = "tails"``). ``memory`` (``train.instance_memory``): the
+    the negative slides' tiles of this step (``positives``, only for ``train.evidence = "tails"``:
+    the second reference, updated with the positive slides' tiles). ``memory`` (``train.instance_memory``): the
     step's tiles join it, and the instance loss trains on a mixed minibatch of it instead."""
     tc = model.config.train
     device = model.device
@@ -338,8 +347,9 @@ def train_step(
                 loss = loss + tc.instance_coef * inst
                 instance_losses.append(float(inst.detach()))
             if tc.distill_coef > 0:
-                tails = positives if tc.evidence == "tails" else None
-                evidence = tile_evidence(instance_logits, tc.evidence_quantile, negatives, tails)
+                evidence = tile_evidence(
+                    instance_logits, tc.evidence_quantile, negatives, positives
+                )
                 tissue = int(torch.isfinite(logits).sum())
                 uniform_over_q = 1.0 / (tissue * plan.drawn.proposal.to(device))  # u / q
                 reference = negatives if plan.slide.label == 0 else positives

@@ -148,13 +148,11 @@ def _entry(out: Path, row: dict[str, Any], fallback: dict[str, str]) -> SlideEnt
         entry.record = read_slide_prediction(entry.folder)
         if entry.record is not None:
             entry.coords = read_coords(entry.folder / "coords.csv")
+        reason = None if entry.record is not None else f"no {PREDICTION_FILE}"
     except (OSError, ValueError) as exc:
-        entry.problem = f"{entry.folder}: unreadable outputs ({exc}); rerun `wsi-ats predict`"
-        return entry
-    if entry.record is None:
-        entry.problem = (
-            f"{entry.folder}: unreadable outputs (no {PREDICTION_FILE}); rerun `wsi-ats predict`"
-        )
+        reason = str(exc)
+    if reason is not None:
+        entry.problem = f"{entry.folder}: unreadable outputs ({reason}); rerun `wsi-ats predict`"
         return entry
     entry.path = entry.record.get("slide_path") or fallback.get(slide_id)
     if entry.path is None:
