@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from learning_trace import overrides
 
 from wsi_ats.models import PipelineConfig
 from wsi_ats.models.classifier import build_model
@@ -104,10 +105,11 @@ def run(
     steps: int,
     seed: int,
     per_label: int = 64,
+    settings: dict | None = None,
 ) -> list:
     """Train feature net + instance head with naive MIL; the lesion-minus-other probability gap
     every 100 steps."""
-    config = PipelineConfig.from_toml(PIPELINE)
+    config = PipelineConfig.from_toml(PIPELINE).replace(**(settings or {}))
     model = build_model(config, seed=seed)
     params = [*model.feature_net.parameters(), *model.instance_head.parameters()]
     params += list(model.head.parameters()) if mode == "slide_loss" else []
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--modes", nargs="+", choices=list(MODES), default=["pooled", "one_label"])
     ap.add_argument("--per-label", type=int, default=64, help="tiles of each label a step")
+    ap.add_argument("--set", action="append", default=[], help="SECTION.FIELD=VALUE override")
     ap.add_argument("--out", type=Path, default=RESULTS / "instance_batches.txt")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -190,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for mode in args.modes:
             gaps = run(
-                tiles, kinds, labels, index, mode, args.witness, args.steps, seed, args.per_label
-            )
+                tiles, kinds, labels, index, mode, args.witness, args.steps, seed, args.per_label,
+                overrides(args.set),
+            )  # fmt: skip
             name = f"{MODES[mode]}, seed {seed}"
             lines.append(f"{name:<28}" + "".join(f"{g:>8.3f}" for g in gaps))
             print(lines[-1], flush=True)

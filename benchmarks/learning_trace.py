@@ -101,6 +101,9 @@ class Probe:
         cells = "  ".join(
             f"{k} {np.mean(att_by[k]):7.2f} / {np.mean(p_by[k]):.3f}" for k in KINDS if att_by[k]
         )
+        bias = getattr(model.attention_net, "bias", None)  # attention.stratum_scale > 0
+        if bias is not None:
+            cells += f"  strata logits max {float(bias.max()):.2f} ({int((bias > 0).sum())} > 0)"
         return (
             f"{row['epoch']:>5} {row['val_auc']:>7.2f} {row['instance_loss']:>8.3f} "
             f"{row['distill_loss']:>8.3f}   {cells}"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from clam_style import tile_size_level0
+from learning_trace import overrides
 
 from wsi_ats.models import PipelineConfig
 from wsi_ats.models.classifier import build_model
@@ -41,11 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=128, help="tiles drawn per slide")
     ap.add_argument("--explore", type=float, default=0.5, help="exploration share of the draws")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], help="SECTION.FIELD=VALUE override")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cohort = CACHE / args.cohort
-    config = PipelineConfig.from_toml(PIPELINE)
+    config = PipelineConfig.from_toml(PIPELINE).replace(**overrides(args.set))
     model = build_model(config, seed=args.seed)
     kinds = ("malignant", "benign", "distractor")
     boxes = {k: lesion_boxes(cohort / "ground_truth.json", (k,)) for k in kinds}
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     hits = dict.fromkeys(kinds, 0)
     total = 0
     with SlideStore(config, 2) as store:
+        if config.train.explore_scope == "cohort":  # as the training loop: on every train slide
+            train = [s for s in read_cohort(cohort / "manifest.csv") if s.split == "train"]
+            store.fit_strata(train, lambda view: attention_map_size(model, view))
         for s in slides:
             plan = plan_batch(model, store, [s], generator, StepSettings(args.n, args.explore))[0]
             plan.tiles.cancel()  # only the locations are needed

@@ -11,6 +11,7 @@ from wsi_ats.models.classifier import SlideClassifier, build_model
 from wsi_ats.models.config import ConfigError, PipelineConfig, load_config
 from wsi_ats.models.features import CompactCNN, build_feature_net, timm_backbone
 from wsi_ats.models.head import ClassifierHead
+from wsi_ats.models.stratum_attention import StratumAttention
 
 __all__ = [
     "AttentionNet",
@@ -20,6 +21,7 @@ __all__ = [
     "ConfigError",
     "PipelineConfig",
     "SlideClassifier",
+    "StratumAttention",
     "build_feature_net",
     "build_model",
     "load_config",

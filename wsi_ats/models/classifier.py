@@ -12,6 +12,7 @@ from wsi_ats.models.config import PipelineConfig
 from wsi_ats.models.data_range import DataRange
 from wsi_ats.models.features import TileKey, build_feature_net, cached_embed
 from wsi_ats.models.head import ClassifierHead
+from wsi_ats.models.stratum_attention import StratumAttention
 
 
 class SlideClassifier(nn.Module):
@@ -37,6 +38,11 @@ class SlideClassifier(nn.Module):
         super().__init__()
         self.config = config
         self.attention_net = attention_net or AttentionNet.from_config(config.attention)
+        if attention_net is None and config.attention.stratum_scale > 0:
+            tc = config.train
+            self.attention_net = StratumAttention(
+                self.attention_net, tc.explore_strata, tc.explore_context
+            )
         # pretrained=False: the backbone's weights file is not read (a checkpoint holds them all)
         self.feature_net = feature_net or build_feature_net(config.features, pretrained)
         self.head = head or ClassifierHead.from_config(config.features.dim, config.head)

@@ -70,6 +70,9 @@ class AttentionConfig:
     map_stride: int = 2  # low-res pixels per attention cell along each axis (1, 2, 4 or 8)
     prior: float = 0.0  # strength of the stain-density prior added to the logits (0 = none)
     activation: str = "leaky_relu"  # "leaky_relu" (slope 0.1) or "relu" (checkpoints from before)
+    stratum_scale: float = (
+        0.0  # > 0: a logit per cohort appearance stratum, log(1 + contrast / this)
+    )
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class TrainConfig:
     instance_memory: int = 0  # tiles kept from recent slides; the instance loss then trains on
     # instance_replay of them a step, half of each label (0 = on the step's own tiles)
     instance_replay: int = 256  # tiles a step drawn from the memory (instance_memory > 0)
+    augment: bool = False  # random flips, rotations, brightness and colour gains on replayed tiles
     distill_coef: float = 10.0  # weight of attention logits -> tiles' instance scores; 0 = off
     slide_to_attention: float = 1.0  # weight of the slide loss's gradient on the attention net
     # (1 = the paper's end-to-end estimator; 0 = the attention learns from distillation only)
@@ -467,6 +471,13 @@ def _validate(cfg: PipelineConfig) -> None:
         (
             cfg.train.explore_scope in ("slide", "cohort"),
             'train.explore_scope must be "slide" or "cohort"',
+        ),
+        (cfg.attention.stratum_scale >= 0, "attention.stratum_scale must be >= 0"),
+        (
+            cfg.attention.stratum_scale == 0
+            or (cfg.train.explore_scope == "cohort" and cfg.train.explore_strata > 0),
+            "attention.stratum_scale > 0 needs the cohort's appearance strata: "
+            'train.explore_scope = "cohort" and train.explore_strata > 0',
         ),
         (cfg.train.n_patches_start >= 0, "train.n_patches_start must be >= 0"),
         (cfg.train.anneal_epochs >= 0, "train.anneal_epochs must be >= 0"),

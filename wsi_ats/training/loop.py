@@ -23,6 +23,7 @@ from wsi_ats.models import (
     CheckpointError,
     PipelineConfig,
     SlideClassifier,
+    StratumAttention,
     build_model,
     read_checkpoint,
     save_checkpoint,
@@ -37,6 +38,7 @@ from wsi_ats.stages import (
     sample_slide,
     tile_features,
 )
+from wsi_ats.training.contrast import StratumContrast
 from wsi_ats.training.data import LabelledSlide, SlideStore, read_cohort, split_cohort
 from wsi_ats.training.replay import TileMemory
 from wsi_ats.training.step import (
@@ -224,6 +226,9 @@ def train(
     negatives = TileScores()
     positives = TileScores() if tc.evidence == "tails" else None  # the second reference
     memory = TileMemory(tc.instance_memory) if tc.instance_memory > 0 else None
+    contrast = None  # attention.stratum_scale > 0: the strata's logits follow this
+    if isinstance(model.attention_net, StratumAttention):
+        contrast = StratumContrast(model.attention_net.n_strata)
     start_epoch, history, best = 1, [], None
     best_epoch, best_auc = 0, float("nan")
     if state is not None:
@@ -235,6 +240,8 @@ def train(
         negatives.load(state.get("negative_scores"))
         if positives is not None:
             positives.load(state.get("positive_scores"))
+        if contrast is not None:
+            contrast.load(state.get("stratum_contrast"))
         if scaler is not None and state.get("grad_scaler"):  # float16: the loss scale it reached
             scaler.load_state_dict(state["grad_scaler"])
         start_epoch = int(state["epoch"]) + 1
@@ -251,8 +258,16 @@ def train(
             (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     with SlideStore(config, tc.read_workers) as store:
-        if tc.explore_strata > 0 and tc.explore > 0 and tc.explore_scope == "cohort":
-            store.fit_strata(train_set, lambda view: attention_map_size(model, view))
+        if (
+            tc.explore_strata > 0
+            and tc.explore_scope == "cohort"
+            and (tc.explore > 0 or contrast is not None)
+        ):
+            strata = store.fit_strata(train_set, lambda view: attention_map_size(model, view))
+            if contrast is not None and state is None:  # resumed: last.pt holds them (same fit)
+                model.attention_net.set_strata(strata)
+        if contrast is not None:
+            contrast.choose_checks([(s.slide_id, s.label) for s in train_set])
         epochs_bar = tqdm(
             total=total_epochs, initial=start_epoch - 1, desc="train", unit="epoch",
             disable=not progress,
@@ -261,7 +276,7 @@ def train(
             t0 = time.perf_counter()
             row = _run_epoch(
                 model, optimizer, store, train_set, val_set, epoch, total_epochs, progress,
-                running_mean, scaler, negatives, memory, positives,
+                running_mean, scaler, negatives, memory, positives, contrast,
             )  # fmt: skip
             val_probs, val_labels = evaluate(model, store, val_set, tc.val_draws, tc.seed)
             row["val_auc"] = safe_auc(val_labels, val_probs)
@@ -301,6 +316,7 @@ def train(
                 **({} if running_mean.value is None else {"running_mean": running_mean.state()}),
                 negative_scores=negatives.state(),
                 **({} if positives is None else {"positive_scores": positives.state()}),
+                **({} if contrast is None else {"stratum_contrast": contrast.state()}),
                 **({} if scaler is None else {"grad_scaler": scaler.state_dict()}),
             )
             _write_history(out_dir / "history.csv", history)
@@ -390,6 +406,7 @@ def _run_epoch(
     negatives: TileScores | None = None,
     memory: TileMemory | None = None,
     positives: TileScores | None = None,
+    contrast: StratumContrast | None = None,
 ) -> dict:
     tc = model.config.train
     settings = epoch_settings(model.config, epoch)
@@ -421,7 +438,7 @@ def _run_epoch(
         store.prefetch_views(batches[k + 1] if k + 1 < len(batches) else val_set)
         stats = train_step(
             model, optimizer, store, batch, generator, settings, running_mean, scaler, negatives,
-            memory, positives,
+            memory, positives, contrast,
         )  # fmt: skip
         losses.extend([stats.loss] * len(batch))
         inst.append(stats.instance_loss)

@@ -56,6 +56,8 @@ from wsi_ats.stages import (
     view_tensors,
     view_tile_size,
 )
+from wsi_ats.training.augment import augment_tiles
+from wsi_ats.training.contrast import StratumContrast
 from wsi_ats.training.data import LabelledSlide, SlideStore
 from wsi_ats.training.replay import TileMemory
 
@@ -301,6 +303,7 @@ def train_step(
     negatives: TileScores | None = None,
     memory: TileMemory | None = None,
     positives: TileScores | None = None,
+    contrast: StratumContrast | None = None,
 ) -> StepStats:
     """One optimiser step on ``slides`` (the losses of the module docstring, accumulated, clipped).
 
@@ -308,7 +311,10 @@ def train_step(
     ``negatives``: the reference of the tiles' evidence (``train.evidence_quantile``), updated with
     the negative slides' tiles of this step (``positives``, only for ``train.evidence = "tails"``:
     the second reference, updated with the positive slides' tiles). ``memory`` (``train.instance_memory``): the
-    step's tiles join it, and the instance loss trains on a mixed minibatch of it instead."""
+    step's tiles join it, and the instance loss trains on a mixed minibatch of it instead.
+    ``contrast`` (``attention.stratum_scale > 0``): the tiles of its check slides (half the
+    cohort) train no instance loss and give it their instance probabilities by stratum; after the
+    step it sets the attention's stratum logits."""
     tc = model.config.train
     device = model.device
     plans = plan_batch(model, store, slides, generator, settings)
@@ -320,7 +326,9 @@ def train_step(
         logits = model.attention_logits(x, m)  # same weights and input as when drawing
         att = torch.softmax(logits.reshape(1, -1), dim=1)
         read = plan.tiles.result()
-        if memory is not None:
+        # attention.stratum_scale: half the slides check the tile classifier, never train it
+        check = contrast is not None and contrast.checks(plan.slide.slide_id)
+        if memory is not None and not check:
             memory.add(read, plan.slide.label)
         tiles = tiles_to_tensor(read, device)
         feats = model.features(tiles, plan.tile_keys)  # [N, D]
@@ -340,7 +348,16 @@ def train_step(
         loss = bce - tc.entropy_coef * entropy
         if tc.instance_coef > 0 or tc.distill_coef > 0:
             instance_logits = model.instance_logits(feats)[None]  # [1, N]
-            if tc.instance_coef > 0 and memory is None:
+            tissue = int(torch.isfinite(logits).sum())
+            uniform_over_q = 1.0 / (tissue * plan.drawn.proposal.to(device))  # u / q
+            if check:
+                strata = model.attention_net.strata_of(x, tuple(logits.shape[-2:]))
+                cells = plan.drawn.indices.to(device)
+                contrast.update(
+                    strata.gather(1, cells), torch.sigmoid(instance_logits), uniform_over_q,
+                    plan.slide.label,
+                )  # fmt: skip
+            if tc.instance_coef > 0 and memory is None and not check:
                 inst = topk_instance_loss(
                     instance_logits, target, tc.instance_topk, tc.instance_negatives
                 )
@@ -350,8 +367,6 @@ def train_step(
                 evidence = tile_evidence(
                     instance_logits, tc.evidence_quantile, negatives, positives
                 )
-                tissue = int(torch.isfinite(logits).sum())
-                uniform_over_q = 1.0 / (tissue * plan.drawn.proposal.to(device))  # u / q
                 reference = negatives if plan.slide.label == 0 else positives
                 if reference is not None:
                     reference.update(instance_logits, uniform_over_q)
@@ -394,6 +409,8 @@ def train_step(
     else:
         scaler.step(optimizer)  # skipped when a gradient overflowed
         scaler.update()
+    if contrast is not None:
+        model.attention_net.set_bias(contrast.bias(model.config.attention.stratum_scale))
     return StepStats(
         float(np.mean(losses)),
         float(np.mean(entropies)),
@@ -409,12 +426,16 @@ def replay_instance_loss(
     model: SlideClassifier, memory: TileMemory, generator: torch.Generator
 ) -> torch.Tensor | None:
     """Naive-MIL instance loss on ``train.instance_replay`` tiles of the memory (every tile
-    towards its slide's label, half of each label); ``None`` until the memory holds both labels."""
+    towards its slide's label, half of each label; augmented with ``train.augment``); ``None``
+    until the memory holds both labels."""
     batch = memory.sample(model.config.train.instance_replay, generator)
     if batch is None:
         return None
     tiles, labels = batch
-    logits = model.instance_logits(model.features(tiles_to_tensor(tiles, model.device)))
+    x = tiles_to_tensor(tiles, model.device)
+    if model.config.train.augment:
+        x = augment_tiles(x, generator)
+    logits = model.instance_logits(model.features(x))
     target = torch.from_numpy(labels).to(logits)
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
 

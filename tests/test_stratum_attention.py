@@ -1,0 +1,147 @@
+"""Stratum logits of the attention (``attention.stratum_scale``): the contrast statistics, the
+module that adds them, and their place in training and checkpoints."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_training import CFG, cohort  # noqa: F401  (the tiny cohort fixture)
+
+from wsi_ats.core import cell_descriptors, fit_appearance_strata
+from wsi_ats.models import ConfigError, StratumAttention, build_model, load_model, save_checkpoint
+from wsi_ats.models.attention import AttentionNet
+from wsi_ats.training import train
+from wsi_ats.training.contrast import StratumContrast
+
+STRATA = 5
+
+
+def _feed(contrast: StratumContrast, slides: int, witness_lift: float, seed: int) -> None:
+    """``slides`` slides, labels alternating, 64 tiles each over 5 strata uniformly; probabilities
+    0.5 + N(0, 0.05), positive slides +0.1 on every tile (what a classifier learns of a whole
+    slide) and +``witness_lift`` on 30% of their stratum-2 tiles; importance weights in [0.5, 2]."""
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(slides):
+        label = i % 2
+        strata = torch.randint(STRATA, (64,), generator=gen)
+        p = 0.5 + 0.05 * torch.randn(64, generator=gen) + 0.1 * label
+        witness = (strata == 2) & (torch.rand(64, generator=gen) < 0.3)
+        p = p + witness_lift * witness * label
+        w = 0.5 + 1.5 * torch.rand(64, generator=gen)
+        contrast.update(strata, p, w, label)
+
+
+def test_contrast_estimates_the_excess_of_positive_slides_within_each_stratum() -> None:
+    """With no decay and z = 0 the contrast of stratum 2 estimates its population value: lift 0.3
+    on 30% of its tiles (0.09), less what that adds to the slide's mean (0.09 / 5). Over 40 runs
+    the mean estimate is within 4 standard errors of it; the slide-wide offset of positive slides
+    leaves the other strata at 0 (their excess is -0.018)."""
+    truth = 0.09 - 0.09 / STRATA
+    values = []
+    for seed in range(40):
+        contrast = StratumContrast(STRATA, decay=1.0, z=0.0)
+        _feed(contrast, 200, 0.3, seed)
+        c = contrast.contrast()
+        assert torch.count_nonzero(c) == 1 and c[2] > 0
+        values.append(float(c[2]))
+    mean = sum(values) / len(values)
+    se = (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
+    assert abs(mean - truth) < 4 * se + 1e-3, (mean, truth, se)
+
+
+def test_contrast_is_zero_without_a_finding_or_without_enough_tiles() -> None:
+    """No lift: every stratum at 0 in 40 of 40 runs (z = 2 standard errors); lift but fewer
+    effective tiles than min_tiles per label and stratum: 0; the bias is log(1 + c / scale)."""
+    for seed in range(40):
+        contrast = StratumContrast(STRATA, decay=0.99)
+        _feed(contrast, 200, 0.0, seed)
+        assert torch.count_nonzero(contrast.contrast()) == 0
+    few = StratumContrast(STRATA, decay=1.0, min_tiles=1000)
+    _feed(few, 20, 0.3, 0)
+    assert torch.count_nonzero(few.contrast()) == 0
+    some = StratumContrast(STRATA, decay=0.99)
+    _feed(some, 200, 0.3, 0)
+    c = some.contrast()
+    torch.testing.assert_close(some.bias(0.01), torch.log1p(c / 0.01))
+    restored = StratumContrast(STRATA)
+    restored.load(some.state())
+    torch.testing.assert_close(restored.contrast(), c)
+
+
+def _two_colour_view() -> torch.Tensor:
+    """``[1, 3, 32, 32]``: left half pink, right half lavender."""
+    view = torch.empty(1, 3, 32, 32)
+    view[..., :16] = torch.tensor([0.92, 0.69, 0.82])[:, None, None]
+    view[..., 16:] = torch.tensor([0.80, 0.80, 0.88])[:, None, None]
+    return view
+
+
+def test_stratum_attention_adds_each_cells_stratum_logit() -> None:
+    torch.manual_seed(0)
+    net = AttentionNet(width=4, depth=2, map_stride=4)
+    module = StratumAttention(net, n_strata=4, context=0)
+    view = _two_colour_view()
+    torch.testing.assert_close(module(view), net(view))  # nothing fitted: the net alone
+    desc = cell_descriptors(view, (8, 8))[0]
+    module.set_strata(fit_appearance_strata(desc, 2, seed=0))
+    strata = module.strata_of(view, (8, 8)).reshape(8, 8)
+    left, right = int(strata[0, 0]), int(strata[0, -1])
+    assert left != right and (strata[:, :4] == left).all() and (strata[:, 4:] == right).all()
+    bias = torch.zeros(4)
+    bias[right] = 1.5
+    module.set_bias(bias)
+    diff = (module(view) - net(view))[0, 0]
+    torch.testing.assert_close(diff[:, 4:], torch.full((8, 4), 1.5))
+    torch.testing.assert_close(diff[:, :4], torch.zeros(8, 4))
+
+
+def test_stratum_logits_travel_in_checkpoints(tmp_path: Path) -> None:
+    cfg = CFG.replace(
+        attention={"stratum_scale": 0.01, "map_stride": 4},
+        train={"explore_scope": "cohort", "explore_strata": 4, "explore_context": 0},
+    )
+    model = build_model(cfg, seed=0)
+    assert isinstance(model.attention_net, StratumAttention)
+    view = _two_colour_view()
+    desc = cell_descriptors(view, (8, 8))[0]
+    model.attention_net.set_strata(fit_appearance_strata(desc, 2, seed=0))
+    model.attention_net.set_bias(torch.tensor([0.5, 2.0, 0.0, 0.0]))
+    save_checkpoint(tmp_path / "model.pt", model, 1)
+    loaded = load_model(tmp_path / "model.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.attention(view), model.attention(view))
+
+
+def test_stratum_scale_needs_the_cohorts_strata() -> None:
+    with pytest.raises(ConfigError, match="stratum_scale"):
+        CFG.replace(attention={"stratum_scale": 0.01}, train={"explore_scope": "slide"})
+
+
+def test_training_fits_the_strata_and_keeps_the_contrast(cohort: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A run with ``stratum_scale`` puts the cohort's strata into the model and saves the
+    contrast's sums (which have seen tiles of both labels) in ``last.pt``."""
+    torch.set_num_threads(1)
+    cfg = CFG.replace(
+        attention={"stratum_scale": 0.01},
+        train={"epochs": 2, "explore_scope": "cohort", "explore_strata": 4},
+    )
+    train(cohort, cfg, tmp_path / "run", progress=False)
+    model = load_model(tmp_path / "run" / "model.pt")
+    assert float(model.attention_net.centres.abs().max()) < 1e3  # fitted, not the placeholder
+    sums = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["stratum_contrast"]["sums"]
+    assert (sums[:, 0].sum(1) > 0).all() and math.isfinite(float(sums.sum()))
+
+
+def test_check_slides_are_half_of_each_label_whatever_the_order() -> None:
+    slides = [(f"slide-{i}", i % 3 == 0) for i in range(30)]  # 10 positives, 20 negatives
+    contrast = StratumContrast(STRATA)
+    contrast.choose_checks(slides)
+    chosen = {i for i, _ in slides if contrast.checks(i)}
+    assert sum(lab for i, lab in slides if i in chosen) == 5
+    assert sum(not lab for i, lab in slides if i in chosen) == 10
+    again = StratumContrast(STRATA)
+    again.choose_checks(slides[::-1])
+    assert {i for i, _ in slides if again.checks(i)} == chosen
