@@ -88,22 +88,24 @@ COHORTS = {
 
 #: every remedy off: the paper's attention sampling with this pipeline's geometry
 PLAIN = {
-    "attention": {"activation": "relu"},
+    "attention": {"activation": "relu", "stratum_scale": 0.0},
     "features": {"normalize": False},
     "train": {
         "attention_lr": 1e-3, "control_variate": "none", "instance_coef": 0.0,
         "distill_coef": 0.0, "evidence_quantile": 0.0, "explore": 0.0, "n_patches_start": 0,
-        "balanced_batches": False,
+        "balanced_batches": False, "explore_scope": "slide", "instance_memory": 0,
+        "slide_to_features": 1.0, "augment": False,
     },
 }  # fmt: skip
 
 #: the defaults before the contrast strata (found on the scored standard cohort, 10 epochs)
 PREVIOUS = {
-    "attention": {"activation": "relu"},
+    "attention": {"activation": "relu", "stratum_scale": 0.0},
     "train": {
         "attention_lr": 3e-4, "distill_coef": 1.0, "explore": 0.9, "explore_epochs": 8,
         "explore_rarity": 1.0, "explore_context": 0, "evidence_quantile": 0.0,
-        "balanced_batches": False,
+        "balanced_batches": False, "explore_scope": "slide", "instance_memory": 0,
+        "slide_to_features": 1.0, "augment": False,
     },
 }  # fmt: skip
 
@@ -112,13 +114,18 @@ MAIN_ROWS = {
     "1. default remedies, no prior": {},
     "2. default remedies + prior 24": {"attention": {"prior": PRIOR}},
     "3. prior 24 only, attention frozen": {
-        "attention": {"prior": PRIOR, "activation": "relu"},  # frozen: as in the last round
+        # frozen: as in the last round (no stratum logits either: they would move the attention)
+        "attention": {"prior": PRIOR, "activation": "relu", "stratum_scale": 0.0},
         "train": {
             "attention_lr": 0.0,
             "distill_coef": 0.0,
             "explore": 0.0,
             "evidence_quantile": 0.0,
             "balanced_batches": False,
+            "explore_scope": "slide",
+            "instance_memory": 0,
+            "slide_to_features": 1.0,
+            "augment": False,
         },
     },
     "4. plain attention sampling, no prior": PLAIN,
@@ -160,6 +167,18 @@ ABLATION_ROWS = {
     "tails": (
         "tile memory, slide loss off the features, tails evidence",
         {"train": {"instance_memory": 4096, "slide_to_features": 0.0, "evidence": "tails"}},
+    ),
+    "stratum": (
+        "stratum logits, cohort strata, tile memory, augment",
+        {
+            "attention": {"stratum_scale": 0.001},
+            "train": {
+                "explore_scope": "cohort",
+                "instance_memory": 4096,
+                "slide_to_features": 0.0,
+                "augment": True,
+            },
+        },
     ),
     "previous": ("previous defaults (first round)", PREVIOUS),
     "plain": ("plain (every remedy off)", PLAIN),
