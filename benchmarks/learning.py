@@ -169,7 +169,7 @@ ABLATION_ROWS = {
         {"train": {"instance_memory": 4096, "slide_to_features": 0.0, "evidence": "tails"}},
     ),
     "stratum": (
-        "stratum logits, cohort strata, tile memory, augment",
+        "stratum logits, cohort strata, memory, augment",
         {
             "attention": {"stratum_scale": 0.001},
             "train": {

@@ -196,7 +196,7 @@ def test_units_are_saved_and_a_checkpoint_from_before_the_field_loads_with_relu(
 def test_a_switched_off_attention_trunk_keeps_a_gradient_only_when_leaky(activation: str) -> None:
     """Every trunk unit pushed below zero (what a noisy early push of the logits can do): the map
     is flat, and with ReLUs no gradient reaches the trunk again; leaky units still learn."""
-    cfg = PipelineConfig().replace(attention={"activation": activation})
+    cfg = PipelineConfig().replace(attention={"activation": activation, "stratum_scale": 0.0})
     model = build_model(cfg, seed=0)
     with torch.no_grad():
         for layer in model.attention_net.trunk:

@@ -145,3 +145,31 @@ def test_check_slides_are_half_of_each_label_whatever_the_order() -> None:
     again = StratumContrast(STRATA)
     again.choose_checks(slides[::-1])
     assert {i for i, _ in slides if again.checks(i)} == chosen
+
+
+def test_check_slides_train_no_tile_classifier_and_feed_the_contrast(cohort: Path) -> None:  # noqa: F811
+    """In a step, a check slide's tiles stay out of the tile memory and go to the contrast; the
+    other slide's tiles join the memory and not the contrast."""
+    from wsi_ats.training import SlideStore, read_cohort
+    from wsi_ats.training.replay import TileMemory
+    from wsi_ats.training.step import StepSettings, train_step
+
+    cfg = CFG.replace(
+        attention={"stratum_scale": 0.01},
+        train={"explore_scope": "cohort", "explore_strata": 4, "instance_memory": 64},
+    )
+    slides = [s for s in read_cohort(cohort) if s.split == "train"]
+    negative = next(s for s in slides if s.label == 0)
+    positive = next(s for s in slides if s.label == 1)
+    model = build_model(cfg, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    memory, contrast = TileMemory(64), StratumContrast(4)
+    contrast.check_ids = {positive.slide_id}
+    with SlideStore(cfg, 2) as store:
+        train_step(
+            model, optimizer, store, [negative, positive], torch.Generator().manual_seed(0),
+            StepSettings(8), memory=memory, contrast=contrast,
+        )  # fmt: skip
+    assert len(memory) == 8  # the negative slide's tiles only
+    weights = contrast.sums[:, 0].sum(1)  # [label]: weight of the tiles each label gave
+    assert weights[0] == 0 and weights[1] > 0

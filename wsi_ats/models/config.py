@@ -70,9 +70,7 @@ class AttentionConfig:
     map_stride: int = 2  # low-res pixels per attention cell along each axis (1, 2, 4 or 8)
     prior: float = 0.0  # strength of the stain-density prior added to the logits (0 = none)
     activation: str = "leaky_relu"  # "leaky_relu" (slope 0.1) or "relu" (checkpoints from before)
-    stratum_scale: float = (
-        0.0  # > 0: a logit per cohort appearance stratum, log(1 + contrast / this)
-    )
+    stratum_scale: float = 0.001  # > 0: logit per cohort stratum, log(1 + contrast / this)
 
 
 @dataclass(frozen=True)
@@ -128,14 +126,14 @@ class TrainConfig:
     instance_coef: float = 1.0  # weight of the instance loss on instance_head(f_i) of sampled tiles
     instance_topk: int = 0  # tiles of a positive slide trained towards its label; 0 = every tile
     instance_negatives: str = "all"  # negative slide's tiles towards 0: "all", "topk" or "both"
-    instance_memory: int = 0  # tiles kept from recent slides; the instance loss then trains on
+    instance_memory: int = 4096  # tiles kept from recent slides; the instance loss then trains on
     # instance_replay of them a step, half of each label (0 = on the step's own tiles)
     instance_replay: int = 256  # tiles a step drawn from the memory (instance_memory > 0)
-    augment: bool = False  # random flips, rotations, brightness and colour gains on replayed tiles
+    augment: bool = True  # random flips, rotations, brightness and colour gains on replayed tiles
     distill_coef: float = 10.0  # weight of attention logits -> tiles' instance scores; 0 = off
     slide_to_attention: float = 1.0  # weight of the slide loss's gradient on the attention net
     # (1 = the paper's end-to-end estimator; 0 = the attention learns from distillation only)
-    slide_to_features: float = 1.0  # weight of the slide loss's gradient on the feature net
+    slide_to_features: float = 0.0  # weight of the slide loss's gradient on the feature net
     # (0 = the feature net learns from the instance loss only; the head still trains)
     distill: str = (
         "distribution"  # "distribution": the softmax fits the evidence; "odds": each logit does
@@ -148,7 +146,7 @@ class TrainConfig:
     explore: float = 0.5  # share of the draws from the exploration measure (importance-weighted)
     explore_epochs: int = 0  # explore falls linearly to 0 over this many epochs; 0 = constant
     explore_strata: int = 16  # appearance strata of exploration (k-means); 0 = uniform over tissue
-    explore_scope: str = "slide"  # strata of each slide's own cells, or "cohort" (training slides)
+    explore_scope: str = "cohort"  # strata of each slide's own cells, or "cohort" (training slides)
     explore_rarity: float = 2.0  # stratum mass ~ count^-rarity: 1 = even, > 1 favours rare ones
     explore_context: int = 7  # odd k: strata of colour and contrast with k x k cells; 0: mean/std
     n_patches_start: int = (
@@ -503,6 +501,11 @@ SAVED_BEFORE: dict[tuple[str, str], Any] = {
     ("train", "balanced_batches"): False,
     ("features", "activation"): "relu",
     ("train", "attention_warmup"): 0,
+    ("attention", "stratum_scale"): 0.0,
+    ("train", "explore_scope"): "slide",
+    ("train", "instance_memory"): 0,
+    ("train", "slide_to_features"): 1.0,
+    ("train", "augment"): False,
 }
 
 #: a tile must cover at least this share of its attention cell, or tissue is left unreadable
