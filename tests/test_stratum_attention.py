@@ -152,7 +152,7 @@ def test_check_slides_train_no_tile_classifier_and_feed_the_contrast(cohort: Pat
     other slide's tiles join the memory and not the contrast."""
     from wsi_ats.training import SlideStore, read_cohort
     from wsi_ats.training.replay import TileMemory
-    from wsi_ats.training.step import StepSettings, train_step
+    from wsi_ats.training.step import StepSettings, StepState, train_step
 
     cfg = CFG.replace(
         attention={"stratum_scale": 0.01},
@@ -168,7 +168,7 @@ def test_check_slides_train_no_tile_classifier_and_feed_the_contrast(cohort: Pat
     with SlideStore(cfg, 2) as store:
         train_step(
             model, optimizer, store, [negative, positive], torch.Generator().manual_seed(0),
-            StepSettings(8), memory=memory, contrast=contrast,
+            StepSettings(8), StepState(memory=memory, contrast=contrast),
         )  # fmt: skip
     assert len(memory) == 8  # the negative slide's tiles only
     weights = contrast.sums[:, 0].sum(1)  # [label]: weight of the tiles each label gave

@@ -433,7 +433,9 @@ def test_train_step_gradients_equal_those_of_core(
     state = gen.get_state()
     settings = step.StepSettings(n_patches=8, explore=0.5)
     with SlideStore(cfg, 2) as store:
-        stats = step.train_step(model, optimizer, store, slides, gen, settings, running)
+        stats = step.train_step(
+            model, optimizer, store, slides, gen, settings, step.StepState(running_mean=running)
+        )
         assert stats.instance_loss > 0 and stats.distill_loss != 0  # every term is in play
         got = {name: p.grad.clone() for name, p in model.named_parameters()}
         for key, value in model.state_dict().items():
@@ -525,7 +527,7 @@ def test_instance_memory_trains_the_instance_head_on_tiles_of_both_labels(cohort
     once the memory holds tiles of both labels (not from a first step of one label)."""
     from wsi_ats.models import build_model
     from wsi_ats.training.replay import TileMemory
-    from wsi_ats.training.step import StepSettings, train_step
+    from wsi_ats.training.step import StepSettings, StepState, train_step
 
     train_slides = [s for s in read_cohort(cohort) if s.split == "train"]
     negative = next(s for s in train_slides if s.label == 0)
@@ -542,7 +544,7 @@ def test_instance_memory_trains_the_instance_head_on_tiles_of_both_labels(cohort
         for batch, learns in (([positive], False), ([negative, positive], True)):
             before = model.instance_head.weight.detach().clone()
             stats = train_step(
-                model, optimizer, store, batch, gen, StepSettings(8), negatives=None, memory=memory
+                model, optimizer, store, batch, gen, StepSettings(8), StepState(memory=memory)
             )
             assert (stats.instance_loss > 0) == learns
             assert (not torch.equal(model.instance_head.weight, before)) == learns

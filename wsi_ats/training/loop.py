@@ -23,7 +23,6 @@ from wsi_ats.models import (
     CheckpointError,
     PipelineConfig,
     SlideClassifier,
-    StratumAttention,
     build_model,
     read_checkpoint,
     save_checkpoint,
@@ -38,13 +37,10 @@ from wsi_ats.stages import (
     sample_slide,
     tile_features,
 )
-from wsi_ats.training.contrast import StratumContrast
 from wsi_ats.training.data import LabelledSlide, SlideStore, read_cohort, split_cohort
-from wsi_ats.training.replay import TileMemory
 from wsi_ats.training.step import (
-    RunningMean,
     StepSettings,
-    TileScores,
+    StepState,
     build_optimizer,
     train_step,
 )
@@ -222,13 +218,8 @@ def train(
     model = (model or build_model(config, seed=tc.seed, pretrained=state is None)).to(device)
     optimizer = build_optimizer(model)
     scaler = grad_scaler(device)  # float16 autocast only (CUDA without bfloat16)
-    running_mean = RunningMean()
-    negatives = TileScores()
-    positives = TileScores() if tc.evidence == "tails" else None  # the second reference
-    memory = TileMemory(tc.instance_memory) if tc.instance_memory > 0 else None
-    contrast = None  # attention.stratum_scale > 0: the strata's logits follow this
-    if isinstance(model.attention_net, StratumAttention):
-        contrast = StratumContrast(model.attention_net.n_strata)
+    carried = StepState.for_model(model)
+    contrast = carried.contrast  # attention.stratum_scale > 0: the strata's logits follow it
     start_epoch, history, best = 1, [], None
     best_epoch, best_auc = 0, float("nan")
     if state is not None:
@@ -236,12 +227,7 @@ def train(
         check_state_dict(last, model, state["state_dict"])
         model.load_state_dict(state["state_dict"])
         _restore_optimizer(last, optimizer, state.get("optimizer"))
-        running_mean.load(state.get("running_mean"))
-        negatives.load(state.get("negative_scores"))
-        if positives is not None:
-            positives.load(state.get("positive_scores"))
-        if contrast is not None:
-            contrast.load(state.get("stratum_contrast"))
+        carried.restore(state)
         if scaler is not None and state.get("grad_scaler"):  # float16: the loss scale it reached
             scaler.load_state_dict(state["grad_scaler"])
         start_epoch = int(state["epoch"]) + 1
@@ -276,7 +262,7 @@ def train(
             t0 = time.perf_counter()
             row = _run_epoch(
                 model, optimizer, store, train_set, val_set, epoch, total_epochs, progress,
-                running_mean, scaler, negatives, memory, positives, contrast,
+                carried, scaler,
             )  # fmt: skip
             val_probs, val_labels = evaluate(model, store, val_set, tc.val_draws, tc.seed)
             row["val_auc"] = safe_auc(val_labels, val_probs)
@@ -313,10 +299,7 @@ def train(
                 best_epoch=best_epoch,
                 best_val_auc=best_auc,
                 best_val_loss=-best[1],
-                **({} if running_mean.value is None else {"running_mean": running_mean.state()}),
-                negative_scores=negatives.state(),
-                **({} if positives is None else {"positive_scores": positives.state()}),
-                **({} if contrast is None else {"stratum_contrast": contrast.state()}),
+                **carried.checkpoint(),
                 **({} if scaler is None else {"grad_scaler": scaler.state_dict()}),
             )
             _write_history(out_dir / "history.csv", history)
@@ -401,12 +384,8 @@ def _run_epoch(
     epoch: int,
     total_epochs: int,
     progress: bool,
-    running_mean: RunningMean | None = None,
+    carried: StepState | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    negatives: TileScores | None = None,
-    memory: TileMemory | None = None,
-    positives: TileScores | None = None,
-    contrast: StratumContrast | None = None,
 ) -> dict:
     tc = model.config.train
     settings = epoch_settings(model.config, epoch)
@@ -437,8 +416,7 @@ def _run_epoch(
         # views of the next batch (no weights involved) are computed while this one trains
         store.prefetch_views(batches[k + 1] if k + 1 < len(batches) else val_set)
         stats = train_step(
-            model, optimizer, store, batch, generator, settings, running_mean, scaler, negatives,
-            memory, positives, contrast,
+            model, optimizer, store, batch, generator, settings, carried, scaler
         )  # fmt: skip
         losses.extend([stats.loss] * len(batch))
         inst.append(stats.instance_loss)

@@ -45,7 +45,7 @@ from wsi_ats.core import (
     multinomial_entropy,
     topk_instance_loss,
 )
-from wsi_ats.models import SlideClassifier
+from wsi_ats.models import SlideClassifier, StratumAttention
 from wsi_ats.models.features import tile_keys
 from wsi_ats.stages import (
     SlideView,
@@ -200,6 +200,68 @@ class TileScores:
         self.values, self.weights = state[0].clone(), state[1].clone()
 
 
+@dataclass
+class StepState:
+    """What training carries from step to step besides the weights and the optimiser state.
+
+    - ``running_mean``: the control variate's running mean of the pooled features;
+    - ``negatives``: the reference of the tiles' evidence (``train.evidence_quantile``), updated with
+      the negative slides' tiles; ``positives`` (``train.evidence = "tails"`` only): the second
+      reference, updated with the positive slides' tiles;
+    - ``memory`` (``train.instance_memory``): every step's tiles join it, and the instance loss
+      trains on a mixed minibatch of it instead of on the step's own tiles;
+    - ``contrast`` (``attention.stratum_scale``): the tiles of its check slides train no instance
+      loss and give it their instance probabilities by stratum; after each step it sets the
+      attention's stratum logits.
+    """
+
+    running_mean: RunningMean | None = None
+    negatives: TileScores | None = None
+    positives: TileScores | None = None
+    memory: TileMemory | None = None
+    contrast: StratumContrast | None = None
+
+    @classmethod
+    def for_model(cls, model: SlideClassifier) -> StepState:
+        """The state a fresh run of ``model`` starts from (what its config asks for)."""
+        tc = model.config.train
+        return cls(
+            running_mean=RunningMean(),
+            negatives=TileScores(),
+            positives=TileScores() if tc.evidence == "tails" else None,
+            memory=TileMemory(tc.instance_memory) if tc.instance_memory > 0 else None,
+            contrast=(
+                StratumContrast(model.attention_net.n_strata)
+                if isinstance(model.attention_net, StratumAttention)
+                else None
+            ),
+        )
+
+    def checkpoint(self) -> dict:
+        """The entries of ``last.pt`` that restore it (the tile memory is not saved)."""
+        out = {}
+        if self.running_mean is not None and self.running_mean.value is not None:
+            out["running_mean"] = self.running_mean.state()
+        if self.negatives is not None:
+            out["negative_scores"] = self.negatives.state()
+        if self.positives is not None:
+            out["positive_scores"] = self.positives.state()
+        if self.contrast is not None:
+            out["stratum_contrast"] = self.contrast.state()
+        return out
+
+    def restore(self, saved: dict) -> None:
+        """Load :meth:`checkpoint`'s entries from a ``last.pt`` dict (missing ones: left as are)."""
+        if self.running_mean is not None:
+            self.running_mean.load(saved.get("running_mean"))
+        if self.negatives is not None:
+            self.negatives.load(saved.get("negative_scores"))
+        if self.positives is not None:
+            self.positives.load(saved.get("positive_scores"))
+        if self.contrast is not None:
+            self.contrast.load(saved.get("stratum_contrast"))
+
+
 def tile_evidence(
     instance_logits: torch.Tensor,
     quantile: float,
@@ -298,23 +360,16 @@ def train_step(
     slides: list[LabelledSlide],
     generator: torch.Generator,
     settings: StepSettings | None = None,
-    running_mean: RunningMean | None = None,
+    state: StepState | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    negatives: TileScores | None = None,
-    memory: TileMemory | None = None,
-    positives: TileScores | None = None,
-    contrast: StratumContrast | None = None,
 ) -> StepStats:
     """One optimiser step on ``slides`` (the losses of the module docstring, accumulated, clipped).
 
-    ``scaler``: loss scaling for a feature network in float16 autocast (CUDA without bfloat16).
-    ``negatives``: the reference of the tiles' evidence (``train.evidence_quantile``), updated with
-    the negative slides' tiles of this step (``positives``, only for ``train.evidence = "tails"``:
-    the second reference, updated with the positive slides' tiles). ``memory`` (``train.instance_memory``): the
-    step's tiles join it, and the instance loss trains on a mixed minibatch of it instead.
-    ``contrast`` (``attention.stratum_scale > 0``): the tiles of its check slides (half the
-    cohort) train no instance loss and give it their instance probabilities by stratum; after the
-    step it sets the attention's stratum logits."""
+    ``state``: what the run carries from step to step (:class:`StepState`; ``None``: nothing).
+    ``scaler``: loss scaling for a feature network in float16 autocast (CUDA without bfloat16)."""
+    state = state or StepState()
+    running_mean, negatives, positives = state.running_mean, state.negatives, state.positives
+    memory, contrast = state.memory, state.contrast
     tc = model.config.train
     device = model.device
     plans = plan_batch(model, store, slides, generator, settings)
