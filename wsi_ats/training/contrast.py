@@ -30,8 +30,9 @@ __all__ = ["StratumContrast"]
 
 class StratumContrast:
     """Decayed, weighted first and second moments of slide-centred instance probabilities, per
-    ``(label, stratum)``. ``decay`` multiplies every sum once per slide (0.99: a half-life of about
-    70 slides); ``z`` and ``min_tiles`` guard against noise."""
+    ``(label, stratum)``. ``decay`` multiplies every sum once per :meth:`update`, i.e. per check
+    slide read (0.99: a half-life of about 70 of them); ``z`` and ``min_tiles`` guard against
+    noise."""
 
     def __init__(
         self, n_strata: int, decay: float = 0.99, z: float = 2.0, min_tiles: float = 20.0
