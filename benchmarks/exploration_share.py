@@ -22,13 +22,13 @@ import functools
 import json
 import platform
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from clam_style import tile_size_level0
 from learning_trace import overrides
+from report import command_line, emit
 
 from wsi_ats import stages
 from wsi_ats.models import PipelineConfig
@@ -96,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 hit = tile_hits(locs, tile_size_level0(config, view), b)
                 if hit.any():
                     share[kind].append((float(e[cells][hit].sum()), float(hit.mean())))
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"# benchmarks/exploration_share.py {' '.join(sys.argv[1:])}  ({now})",
+        command_line("exploration_share.py"),
         f"# cohort {args.cohort}, first {len(slides)} training slides; pipelines/baselines.toml "
         f"with {json.dumps(ov)}",
         f"# machine: {platform.machine()}, torch {torch.__version__}",
@@ -114,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{kind:<11} {len(share[kind]):>6} {100 * explored:>10.2f}% {100 * uniform:>7.2f}% "
             f"{explored / uniform:>6.0f}x {100 * np.nanmean(cover[kind]):>10.1f}%"
         )
-    print("\n".join(lines))
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ import argparse
 import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from report import command_line, emit
 
 from wsi_ats.core import cell_descriptors, fit_appearance_strata
 from wsi_ats.models import PipelineConfig, build_model
@@ -48,9 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                 model.attention(x, m)
                 times[name].append(time.perf_counter() - t0)
     med = {k: sorted(v)[len(v) // 2] * 1000 for k, v in times.items()}
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"# benchmarks/stratum_overhead.py {' '.join(sys.argv[1:])}  ({now})",
+        command_line("stratum_overhead.py"),
         f"# {args.size} x {args.size} px view, {map_size[0]} x {map_size[1]} cells, "
         f"{net.n_strata} strata, pipelines/baselines.toml attention net, {args.reps} interleaved "
         f"repetitions, median",
@@ -59,10 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         f"attention with stratum logits     {med['with']:7.2f} ms",
         f"ratio                             {med['with'] / med['without']:7.2f}x",
     ]
-    print("\n".join(lines))
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

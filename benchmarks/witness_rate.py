@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from clam_style import tile_size_level0
 from learning_trace import overrides
+from report import command_line, emit
 
 from wsi_ats.models import PipelineConfig
 from wsi_ats.models.classifier import build_model
@@ -68,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             for k in kinds:
                 hits[k] += int(tile_hits(np.asarray(locs), size, boxes[k][s.slide_id]).sum())
             total += int(np.asarray(locs).reshape(-1, 2).shape[0])
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"# benchmarks/witness_rate.py {' '.join(sys.argv[1:])}  ({now})",
+        command_line("witness_rate.py"),
         f"# cohort {args.cohort}: {len(slides)} positive training slides, N = {args.n} per slide "
         f"without replacement, explore {args.explore}, untrained model of {PIPELINE.name} "
         f"(seed {args.seed})",
@@ -78,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         f"tiles drawn: {total}",
         *(f"{k:<11} {hits[k] / total:7.2%}" for k in kinds),
     ]
-    print("\n".join(lines))
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":
