@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import emit
 
 TILE = 256
 CHUNKS = (128, 256, 512, 1024)
@@ -315,7 +316,7 @@ def main() -> int:
         lines = [f"io benchmark (remote only): {args.size} x {args.size} synthetic slide, "]
         lines[0] += f"{os.cpu_count()} CPUs"
         lines += remote_lines(tiff, args.workdir, args.size, n, args.threads, REMOTE)
-        return _report(lines, args.out)
+        return emit(lines, args.out)
     tiff, zarrs = make_inputs(args.workdir, args.size, tuple(args.chunks))
     lines = [
         f"io benchmark: {args.size} x {args.size} synthetic slide (JPEG q90 TIFF, tiles 256), "
@@ -366,15 +367,7 @@ def main() -> int:
         "random offset, ((256 + c - 1) / 256)^2. pool/floor: batched per-tile wall time over the floor.",
     ]
     lines += remote_lines(tiff, args.workdir, args.size, n, args.threads, REMOTE)
-    return _report(lines, args.out)
-
-
-def _report(lines: list[str], out: Path | None) -> int:
-    text = "\n".join(lines)
-    print(text)
-    if out:
-        out.write_text(text + "\n")
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

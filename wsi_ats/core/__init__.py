@@ -13,6 +13,7 @@ from wsi_ats.core.exploration import (
     appearance_strata,
     cell_descriptors,
     fit_appearance_strata,
+    nearest_stratum,
     stratified_proposal,
 )
 from wsi_ats.core.instance import (
@@ -46,6 +47,7 @@ __all__ = [
     "exploration_proposal",
     "extract_patches",
     "fit_appearance_strata",
+    "nearest_stratum",
     "instance_evidence",
     "mask_to_map",
     "masked_logits",

@@ -26,6 +26,7 @@ __all__ = [
     "appearance_strata",
     "cell_descriptors",
     "fit_appearance_strata",
+    "nearest_stratum",
     "stratified_proposal",
 ]
 
@@ -114,6 +115,16 @@ def fit_appearance_strata(
     return AppearanceStrata(mean, std, centres)
 
 
+def nearest_stratum(descriptors: Tensor, strata: AppearanceStrata) -> Tensor:
+    """``LongTensor[...]``: the stratum of each descriptor ``[..., d]``, the nearest of the fitted
+    ``strata``' centres once standardised with their ``mean`` and ``std``."""
+    z = (descriptors.float() - strata.mean.to(descriptors.device)) / strata.std.to(
+        descriptors.device
+    )
+    centres = strata.centres.to(z)
+    return torch.cdist(z, centres.expand(*z.shape[:-2], *centres.shape)).argmin(-1)
+
+
 def appearance_strata(
     descriptors: Tensor,
     support: Tensor,
@@ -143,8 +154,7 @@ def appearance_strata(
         if x.shape[0] == 0:
             continue
         if strata is not None:
-            z = (x - strata.mean.to(x)) / strata.std.to(x)
-            out[b, keep] = torch.cdist(z, strata.centres.to(x)).argmin(1)
+            out[b, keep] = nearest_stratum(x, strata)
             continue
         x = (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-6)
         gen = torch.Generator(device=x.device).manual_seed(seed)

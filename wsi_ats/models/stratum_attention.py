@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wsi_ats.core import AppearanceStrata, cell_descriptors
+from wsi_ats.core import AppearanceStrata, cell_descriptors, nearest_stratum
 
 __all__ = ["StratumAttention"]
 
@@ -69,9 +69,7 @@ class StratumAttention(nn.Module):
     def strata_of(self, view: Tensor, map_size: tuple[int, int]) -> Tensor:
         """``LongTensor[B, mh * mw]``: the stratum of each attention cell of ``view``."""
         desc = cell_descriptors(view, map_size, self.context)  # [B, K, d]
-        z = (desc - self.mean) / self.std
-        centres = self.centres.expand(z.shape[0], *self.centres.shape)
-        return torch.cdist(z, centres).argmin(-1)
+        return nearest_stratum(desc, AppearanceStrata(self.mean, self.std, self.centres))
 
     def forward(self, view: Tensor) -> Tensor:
         logits = self.net(view)
