@@ -8,6 +8,9 @@ share ``explore``).
 
     python benchmarks/witness_rate.py --cohort dev_distractors_100x16384 \\
         --out benchmarks/results/witness_rate_dev_distractors.txt
+
+``--fit-seeds 0 1 2 ...`` instead fits the cohort strata once per seed (``--restarts`` k-means runs
+each, the lowest inertia kept) and prints each fit's inertia and witness rate.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from clam_style import tile_size_level0
 from learning_trace import overrides
 from report import command_line, emit
 
+from wsi_ats.core import fit_appearance_strata, nearest_stratum
 from wsi_ats.models import PipelineConfig
 from wsi_ats.models.classifier import build_model
 from wsi_ats.stages import attention_map_size, cells_to_locations
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--explore", type=float, default=0.5, help="exploration share of the draws")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], help="SECTION.FIELD=VALUE override")
+    ap.add_argument("--fit-seeds", type=int, nargs="*", help="cohort strata fitted per seed")
+    ap.add_argument("--restarts", type=int, default=8, help="k-means runs per fit (--fit-seeds)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -52,32 +58,58 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ("malignant", "benign", "distractor")
     boxes = {k: lesion_boxes(cohort / "ground_truth.json", (k,)) for k in kinds}
     slides = [s for s in read_cohort(cohort / "manifest.csv") if s.split == "train" and s.label]
-    generator = torch.Generator().manual_seed(args.seed)
-    hits = dict.fromkeys(kinds, 0)
-    total = 0
+    train = [s for s in read_cohort(cohort / "manifest.csv") if s.split == "train"]
+    fits = []
     with SlideStore(config, 2) as store:
-        if config.train.explore_scope == "cohort":  # as the training loop: on every train slide
-            train = [s for s in read_cohort(cohort / "manifest.csv") if s.split == "train"]
-            store.fit_strata(train, lambda view: attention_map_size(model, view))
-        for s in slides:
-            plan = plan_batch(model, store, [s], generator, StepSettings(args.n, args.explore))[0]
-            plan.tiles.cancel()  # only the locations are needed
-            map_size = attention_map_size(model, plan.view)
-            locs = cells_to_locations(plan.drawn.indices, map_size, plan.view, config)[0]
-            size = tile_size_level0(config, plan.view)
-            for k in kinds:
-                hits[k] += int(tile_hits(np.asarray(locs), size, boxes[k][s.slide_id]).sum())
-            total += int(np.asarray(locs).reshape(-1, 2).shape[0])
+        if args.fit_seeds:
+            desc = store.cohort_descriptors(train, lambda view: attention_map_size(model, view))
+            for seed in args.fit_seeds:
+                store.set_strata(fit_appearance_strata(
+                    desc, config.train.explore_strata, seed=seed, restarts=args.restarts
+                ))  # fmt: skip
+                hits, total = witness(model, store, slides, boxes, args)
+                fits.append(f"fit seed {seed:>3}: inertia {inertia(desc, store.strata):.4f}  " + (
+                    "  ".join(f"{k} {hits[k] / total:6.2%}" for k in kinds)))  # fmt: skip
+        else:
+            if config.train.explore_scope == "cohort":  # as the training loop: on every train slide
+                store.fit_strata(train, lambda view: attention_map_size(model, view))
+            hits, total = witness(model, store, slides, boxes, args)
     lines = [
         command_line("witness_rate.py"),
         f"# cohort {args.cohort}: {len(slides)} positive training slides, N = {args.n} per slide "
         f"without replacement, explore {args.explore}, untrained model of {PIPELINE.name} "
         f"(seed {args.seed})",
         f"# machine: {platform.machine()}, torch {torch.__version__}",
-        f"tiles drawn: {total}",
-        *(f"{k:<11} {hits[k] / total:7.2%}" for k in kinds),
     ]
+    if fits:
+        lines += [f"# {args.restarts} k-means run(s) per fit, the lowest inertia kept", *fits]
+    else:
+        lines += [f"tiles drawn: {total}", *(f"{k:<11} {hits[k] / total:7.2%}" for k in kinds)]
     return emit(lines, args.out)
+
+
+def witness(model, store: SlideStore, slides: list, boxes: dict, args) -> tuple[dict, int]:
+    """Lesion tiles per kind among the ``args.n`` cells drawn on each of ``slides``, and the total."""
+    config = model.config
+    generator = torch.Generator().manual_seed(args.seed)
+    hits = dict.fromkeys(boxes, 0)
+    total = 0
+    for s in slides:
+        plan = plan_batch(model, store, [s], generator, StepSettings(args.n, args.explore))[0]
+        plan.tiles.cancel()  # only the locations are needed
+        map_size = attention_map_size(model, plan.view)
+        locs = cells_to_locations(plan.drawn.indices, map_size, plan.view, config)[0]
+        size = tile_size_level0(config, plan.view)
+        for k in boxes:
+            hits[k] += int(tile_hits(np.asarray(locs), size, boxes[k][s.slide_id]).sum())
+        total += int(np.asarray(locs).reshape(-1, 2).shape[0])
+    return hits, total
+
+
+def inertia(desc: torch.Tensor, strata) -> float:
+    """Mean squared standardised distance of ``desc`` to its nearest centre."""
+    z = (desc - strata.mean) / strata.std
+    return float(((z - strata.centres[nearest_stratum(desc, strata)]) ** 2).sum(1).mean())
 
 
 if __name__ == "__main__":

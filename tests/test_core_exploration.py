@@ -16,6 +16,7 @@ from wsi_ats.core import (
     estimate,
     exploration_proposal,
     fit_appearance_strata,
+    nearest_stratum,
     stratified_proposal,
 )
 
@@ -173,6 +174,41 @@ def test_cohort_strata_assign_the_same_appearance_the_same_stratum_across_slides
     # and the fit is reproducible
     again = fit_appearance_strata(torch.cat(slides), n_strata=3, seed=0)
     torch.testing.assert_close(again.centres, strata.centres)
+
+
+def _grid_and_a_rare_appearance(seed: int) -> Tensor:
+    """Nine common appearances on a 3 x 3 grid (200 cells each) and a rare one (30 cells) between
+    four of them: k-means++ seeding often spends two centres on a common one and none on it."""
+    g = torch.Generator().manual_seed(seed)
+    common = [
+        torch.randn(200, 2, generator=g) + torch.tensor([16.0 * i, 16.0 * j])
+        for i in range(3)
+        for j in range(3)
+    ]
+    rare = torch.randn(30, 2, generator=g) * 0.3 + torch.tensor([8.0, 8.0])
+    return torch.cat([*common, rare])
+
+
+def _rare_has_its_own_stratum(x: Tensor, strata) -> bool:
+    ids = nearest_stratum(x, strata)
+    rare = ids[-30:]
+    return rare.unique().numel() == 1 and not bool((ids[:-30] == rare[0]).any())
+
+
+def test_cohort_strata_keep_the_lowest_inertia_of_their_restarts() -> None:
+    seeds = range(20)
+    single = [
+        _rare_has_its_own_stratum(x, fit_appearance_strata(x, 10, seed=s, restarts=1))
+        for s, x in ((s, _grid_and_a_rare_appearance(s)) for s in seeds)
+    ]
+    restarted = [
+        _rare_has_its_own_stratum(x, fit_appearance_strata(x, 10, seed=s, restarts=8))
+        for s, x in ((s, _grid_and_a_rare_appearance(s)) for s in seeds)
+    ]
+    assert sum(single) <= 17, f"the trap caught {20 - sum(single)} of 20 single runs (at least 3)"
+    assert all(restarted), (
+        f"{restarted.count(False)} of 20 restarted fits merged the rare appearance"
+    )
 
 
 def test_strata_reject_bad_shapes() -> None:

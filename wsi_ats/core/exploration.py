@@ -58,11 +58,21 @@ def cell_descriptors(x_low: Tensor, map_size: tuple[int, int], context: int = 0)
     return desc.flatten(2).transpose(1, 2)
 
 
-def _kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator) -> Tensor:
-    """Labels ``[n]`` of k-means (k-means++ seeding, ``iters`` Lloyd steps) on ``x`` ``[n, d]``."""
-    n = x.shape[0]
-    k = min(k, n)
-    first = int(torch.randint(n, (1,), generator=generator, device=x.device))
+def _kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator, restarts: int = 1) -> Tensor:
+    """Labels ``[n]`` of k-means on ``x`` ``[n, d]``: ``restarts`` runs (k-means++ seeding, up to
+    ``iters`` Lloyd steps each), the one with the lowest inertia kept."""
+    best, best_inertia = None, float("inf")
+    for _ in range(max(1, restarts)):
+        labels, centres = _lloyd(x, _kmeans_pp(x, min(k, x.shape[0]), generator), iters)
+        inertia = float(((x - centres[labels]) ** 2).sum())
+        if inertia < best_inertia:
+            best, best_inertia = labels, inertia
+    return best
+
+
+def _kmeans_pp(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """k-means++ seeding: ``[<= k, d]`` initial centres drawn from the rows of ``x``."""
+    first = int(torch.randint(x.shape[0], (1,), generator=generator, device=x.device))
     centres = [x[first]]
     d2 = ((x - x[first]) ** 2).sum(1)
     for _ in range(k - 1):
@@ -72,7 +82,12 @@ def _kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator) -> Tensor
         i = int(torch.multinomial(d2 / total, 1, generator=generator))
         centres.append(x[i])
         d2 = torch.minimum(d2, ((x - x[i]) ** 2).sum(1))
-    c = torch.stack(centres)
+    return torch.stack(centres)
+
+
+def _lloyd(x: Tensor, c: Tensor, iters: int) -> tuple[Tensor, Tensor]:
+    """Up to ``iters`` Lloyd steps from centres ``c``; ``(labels [n], centres [k, d])``."""
+    c = c.clone()
     labels = torch.cdist(x, c).argmin(1)
     for _ in range(iters):
         sums = torch.zeros_like(c).index_add_(0, labels, x)
@@ -83,7 +98,7 @@ def _kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator) -> Tensor
         if torch.equal(new, labels):
             break
         labels = new
-    return labels
+    return labels, c
 
 
 class AppearanceStrata(NamedTuple):
@@ -96,10 +111,21 @@ class AppearanceStrata(NamedTuple):
 
 
 def fit_appearance_strata(
-    descriptors: Tensor, n_strata: int, iters: int = 20, seed: int = 0, max_points: int = 200_000
+    descriptors: Tensor,
+    n_strata: int,
+    iters: int = 20,
+    seed: int = 0,
+    max_points: int = 200_000,
+    restarts: int = 1,
 ) -> AppearanceStrata:
     """k-means (k-means++ seeding) on standardised cell descriptors ``[M, d]`` pooled over the
-    training slides' tissue cells (a seeded subsample of ``max_points`` when there are more)."""
+    training slides' tissue cells (a seeded subsample of ``max_points`` when there are more); of
+    ``restarts`` runs the one with the lowest inertia is kept, as scikit-learn's ``n_init``.
+
+    One run lands in a poor local optimum often enough to matter: on the distractors development
+    cohort 4 of 12 seeds of a single run put the lesion cells into a large stratum, and exploration
+    then drew 14 times fewer lesion tiles; the lowest-inertia fits all kept them apart
+    (BENCHMARKS.md, seventh round)."""
     if descriptors.dim() != 2 or descriptors.shape[0] == 0:
         raise ValueError(f"descriptors must be a non-empty [M, d], got {tuple(descriptors.shape)}")
     if n_strata < 1:
@@ -110,7 +136,7 @@ def fit_appearance_strata(
         x = x[torch.randperm(x.shape[0], generator=gen, device=x.device)[:max_points]]
     mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
     z = (x - mean) / std
-    labels = _kmeans(z, n_strata, iters, gen)
+    labels = _kmeans(z, n_strata, iters, gen, restarts)
     centres = torch.stack([z[labels == j].mean(0) for j in torch.unique(labels)])
     return AppearanceStrata(mean, std, centres)
 

@@ -147,6 +147,7 @@ class TrainConfig:
     explore_epochs: int = 0  # explore falls linearly to 0 over this many epochs; 0 = constant
     explore_strata: int = 16  # appearance strata of exploration (k-means); 0 = uniform over tissue
     explore_scope: str = "cohort"  # strata of each slide's own cells, or "cohort" (training slides)
+    explore_restarts: int = 1  # k-means runs of the cohort fit, the lowest inertia kept
     explore_rarity: float = 2.0  # stratum mass ~ count^-rarity: 1 = even, > 1 favours rare ones
     explore_context: int = 7  # odd k: strata of colour and contrast with k x k cells; 0: mean/std
     n_patches_start: int = (
@@ -461,6 +462,7 @@ def _validate(cfg: PipelineConfig) -> None:
         (0.0 <= cfg.train.explore <= 1.0, "train.explore must be in [0, 1]"),
         (cfg.train.explore_epochs >= 0, "train.explore_epochs must be >= 0"),
         (cfg.train.explore_strata >= 0, "train.explore_strata must be >= 0"),
+        (cfg.train.explore_restarts >= 1, "train.explore_restarts must be >= 1"),
         (cfg.train.explore_rarity >= 0, "train.explore_rarity must be >= 0"),
         (
             cfg.train.explore_context == 0 or cfg.train.explore_context % 2 == 1,

@@ -124,17 +124,34 @@ class SlideStore:
     ) -> AppearanceStrata:
         """Fit the appearance strata of exploration on the tissue cells of ``slides`` (the training
         slides; ``map_size(view)`` is the attention map's size for a view)."""
+        desc = self.cohort_descriptors(slides, map_size)
         tc = self.config.train
+        return self.set_strata(
+            fit_appearance_strata(
+                desc, tc.explore_strata, seed=tc.seed, restarts=tc.explore_restarts
+            )
+        )
+
+    def cohort_descriptors(
+        self, slides: list[LabelledSlide], map_size: Callable[[SlideView], tuple[int, int]]
+    ) -> torch.Tensor:
+        """The appearance descriptors ``[M, d]`` of the tissue cells of ``slides``, pooled."""
         self.prefetch_views(slides)
         parts = []
         for s in slides:
             view = self.view(s)
-            desc, support = view_descriptors(view, map_size(view), tc.explore_context)
+            desc, support = view_descriptors(
+                view, map_size(view), self.config.train.explore_context
+            )
             parts.append(desc[support])
-        self.strata = fit_appearance_strata(torch.cat(parts), tc.explore_strata, seed=tc.seed)
+        return torch.cat(parts)
+
+    def set_strata(self, strata: AppearanceStrata) -> AppearanceStrata:
+        """Explore over ``strata`` from now on (the slides' cached measures are dropped)."""
+        self.strata = strata
         with self._lock:
             self._exploration.clear()
-        return self.strata
+        return strata
 
     def data_range(self, slides: list[LabelledSlide]) -> DataRange | None:
         """Level-0 size and resolution range of ``slides`` (their views, computed if needed)."""
