@@ -180,6 +180,10 @@ ABLATION_ROWS = {
             },
         },
     ),
+    "restarts": (
+        "cohort strata: lowest inertia of 8 k-means runs",
+        {"train": {"explore_restarts": 8}},
+    ),
     "previous": ("previous defaults (first round)", PREVIOUS),
     "plain": ("plain (every remedy off)", PLAIN),
 }

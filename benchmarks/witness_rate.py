@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="SECTION.FIELD=VALUE override")
     ap.add_argument("--fit-seeds", type=int, nargs="*", help="cohort strata fitted per seed")
     ap.add_argument("--restarts", type=int, default=8, help="k-means runs per fit (--fit-seeds)")
+    ap.add_argument("--iters", type=int, default=20, help="Lloyd steps per run (--fit-seeds)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             desc = store.cohort_descriptors(train, lambda view: attention_map_size(model, view))
             for seed in args.fit_seeds:
                 store.set_strata(fit_appearance_strata(
-                    desc, config.train.explore_strata, seed=seed, restarts=args.restarts
+                    desc, config.train.explore_strata, seed=seed, restarts=args.restarts,
+                    iters=args.iters,
                 ))  # fmt: skip
                 hits, total = witness(model, store, slides, boxes, args)
                 fits.append(f"fit seed {seed:>3}: inertia {inertia(desc, store.strata):.4f}  " + (
@@ -82,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         f"# machine: {platform.machine()}, torch {torch.__version__}",
     ]
     if fits:
-        lines += [f"# {args.restarts} k-means run(s) per fit, the lowest inertia kept", *fits]
+        lines += [
+            f"# {args.restarts} k-means run(s) of up to {args.iters} Lloyd steps per fit, the "
+            "lowest inertia kept",
+            *fits,
+        ]
     else:
         lines += [f"tiles drawn: {total}", *(f"{k:<11} {hits[k] / total:7.2%}" for k in kinds)]
     return emit(lines, args.out)
