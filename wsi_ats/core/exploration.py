@@ -123,9 +123,9 @@ def fit_appearance_strata(
     ``restarts`` runs the one with the lowest inertia is kept, as scikit-learn's ``n_init``.
 
     One run lands in a poor local optimum often enough to matter: on the distractors development
-    cohort 4 of 12 seeds of a single run put the lesion cells into a large stratum, and exploration
-    then drew 14 times fewer lesion tiles; the lowest-inertia fits all kept them apart
-    (BENCHMARKS.md, seventh round)."""
+    cohort 5 of 12 seeds of a single run put the lesion cells into a large stratum, and exploration
+    then drew about ten times fewer lesion tiles; the lowest inertia of 8 runs of up to 100 steps
+    kept them apart at 12 seeds of 12 (BENCHMARKS.md, seventh round)."""
     if descriptors.dim() != 2 or descriptors.shape[0] == 0:
         raise ValueError(f"descriptors must be a non-empty [M, d], got {tuple(descriptors.shape)}")
     if n_strata < 1:
