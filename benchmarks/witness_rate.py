@@ -32,7 +32,7 @@ from wsi_ats.models.classifier import build_model
 from wsi_ats.stages import attention_map_size, cells_to_locations
 from wsi_ats.synth.lesions import lesion_boxes, tile_hits
 from wsi_ats.training import read_cohort
-from wsi_ats.training.data import SlideStore
+from wsi_ats.training.data import RESTARTED_LLOYD_STEPS, SlideStore
 from wsi_ats.training.step import StepSettings, plan_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="SECTION.FIELD=VALUE override")
     ap.add_argument("--fit-seeds", type=int, nargs="*", help="cohort strata fitted per seed")
     ap.add_argument("--restarts", type=int, default=8, help="k-means runs per fit (--fit-seeds)")
-    ap.add_argument("--iters", type=int, default=20, help="Lloyd steps per run (--fit-seeds)")
+    ap.add_argument(
+        "--iters", type=int,
+        help=f"Lloyd steps per run (--fit-seeds; default as training: {RESTARTED_LLOYD_STEPS} "
+        "with restarts, else 20)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    if args.iters is None:
+        args.iters = RESTARTED_LLOYD_STEPS if args.restarts > 1 else 20
     torch.set_num_threads(1)
     cohort = CACHE / args.cohort
     config = PipelineConfig.from_toml(PIPELINE).replace(**overrides(args.set))

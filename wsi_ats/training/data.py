@@ -139,7 +139,7 @@ class SlideStore:
                 seed=tc.seed,
                 restarts=tc.explore_restarts,
                 iters=RESTARTED_LLOYD_STEPS if restarted else 20,
-            )  # fmt: skip
+            )
         )
 
     def cohort_descriptors(
