@@ -75,15 +75,22 @@ class StratumContrast:
         moments = torch.stack([w, w * w, w * x, w * x * x])  # [4, n]
         self.sums[int(int(label) > 0)].index_add_(1, s, moments)
 
-    def contrast(self) -> Tensor:
-        """``float32[n_strata]``: ``max(0, mean_pos - mean_neg - z * se)``; 0 where either label
-        has too few effective tiles."""
+    def moments(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mean [2, S], n_eff [2, S], se [S])``: per label (0: negative, 1: positive) and
+        stratum the weighted mean of the slide-centred probabilities and the effective number of
+        tiles behind it, and the standard error of ``mean_pos - mean_neg``."""
         w, w2, wx, wx2 = self.sums.unbind(1)  # each [2, S]
         safe = w.clamp_min(1e-12)
         mean = wx / safe
         var = (wx2 / safe - mean * mean).clamp_min(0)
         n_eff = w * w / w2.clamp_min(1e-12)
         se = (var / n_eff.clamp_min(1)).sum(0).sqrt()
+        return mean, n_eff, se
+
+    def contrast(self) -> Tensor:
+        """``float32[n_strata]``: ``max(0, mean_pos - mean_neg - z * se)``; 0 where either label
+        has too few effective tiles."""
+        mean, n_eff, se = self.moments()
         c = (mean[1] - mean[0] - self.z * se).clamp_min(0)
         enough = (n_eff >= self.min_tiles).all(0)
         return torch.where(enough, c, torch.zeros_like(c)).float()
