@@ -27,12 +27,13 @@ from learning_trace import overrides
 from report import command_line, emit
 
 from wsi_ats.core import fit_appearance_strata, nearest_stratum
+from wsi_ats.core.exploration import RESTARTED_LLOYD_STEPS, lloyd_steps
 from wsi_ats.models import PipelineConfig
 from wsi_ats.models.classifier import build_model
 from wsi_ats.stages import attention_map_size, cells_to_locations
 from wsi_ats.synth.lesions import lesion_boxes, tile_hits
 from wsi_ats.training import read_cohort
-from wsi_ats.training.data import RESTARTED_LLOYD_STEPS, SlideStore
+from wsi_ats.training.data import SlideStore
 from wsi_ats.training.step import StepSettings, plan_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,15 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     if args.iters is None:
-        args.iters = RESTARTED_LLOYD_STEPS if args.restarts > 1 else 20
+        args.iters = lloyd_steps(args.restarts)
     torch.set_num_threads(1)
     cohort = CACHE / args.cohort
     config = PipelineConfig.from_toml(PIPELINE).replace(**overrides(args.set))
     model = build_model(config, seed=args.seed)
     kinds = ("malignant", "benign", "distractor")
     boxes = {k: lesion_boxes(cohort / "ground_truth.json", (k,)) for k in kinds}
-    slides = [s for s in read_cohort(cohort / "manifest.csv") if s.split == "train" and s.label]
     train = [s for s in read_cohort(cohort / "manifest.csv") if s.split == "train"]
+    slides = [s for s in train if s.label]
     fits = []
     with SlideStore(config, 2) as store:
         if args.fit_seeds:

@@ -101,6 +101,17 @@ def _lloyd(x: Tensor, c: Tensor, iters: int) -> tuple[Tensor, Tensor]:
     return labels, c
 
 
+#: Lloyd steps of each k-means run of a cohort fit with restarts: runs stopped early have inertias
+#: too far from their optimum to rank them (one run keeps the 20 it always had)
+RESTARTED_LLOYD_STEPS = 100
+
+
+def lloyd_steps(restarts: int) -> int:
+    """Lloyd steps per k-means run of :func:`fit_appearance_strata` by default: 20 for a single
+    run, :data:`RESTARTED_LLOYD_STEPS` for each of several."""
+    return RESTARTED_LLOYD_STEPS if restarts > 1 else 20
+
+
 class AppearanceStrata(NamedTuple):
     """Strata fitted on a cohort: descriptors are standardised with ``mean``/``std`` ``[d]`` and
     assigned to the nearest of ``centres`` ``[S, d]``."""
@@ -113,14 +124,15 @@ class AppearanceStrata(NamedTuple):
 def fit_appearance_strata(
     descriptors: Tensor,
     n_strata: int,
-    iters: int = 20,
+    iters: int | None = None,
     seed: int = 0,
     max_points: int = 200_000,
     restarts: int = 1,
 ) -> AppearanceStrata:
     """k-means (k-means++ seeding) on standardised cell descriptors ``[M, d]`` pooled over the
     training slides' tissue cells (a seeded subsample of ``max_points`` when there are more); of
-    ``restarts`` runs the one with the lowest inertia is kept, as scikit-learn's ``n_init``.
+    ``restarts`` runs the one with the lowest inertia is kept, as scikit-learn's ``n_init``;
+    ``iters`` Lloyd steps per run at most (``None``: :func:`lloyd_steps`).
 
     One run lands in a poor local optimum often enough to matter: on the distractors development
     cohort 5 of 12 seeds of a single run put the lesion cells into a large stratum, and exploration
@@ -136,7 +148,8 @@ def fit_appearance_strata(
         x = x[torch.randperm(x.shape[0], generator=gen, device=x.device)[:max_points]]
     mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
     z = (x - mean) / std
-    labels = _kmeans(z, n_strata, iters, gen, restarts)
+    steps = lloyd_steps(restarts) if iters is None else iters
+    labels = _kmeans(z, n_strata, steps, gen, restarts)
     centres = torch.stack([z[labels == j].mean(0) for j in torch.unique(labels)])
     return AppearanceStrata(mean, std, centres)
 

@@ -147,9 +147,7 @@ class TrainConfig:
     explore_epochs: int = 0  # explore falls linearly to 0 over this many epochs; 0 = constant
     explore_strata: int = 16  # appearance strata of exploration (k-means); 0 = uniform over tissue
     explore_scope: str = "cohort"  # strata of each slide's own cells, or "cohort" (training slides)
-    explore_restarts: int = (
-        1  # k-means runs of the cohort fit (> 1: 100 Lloyd steps each), best kept
-    )
+    explore_restarts: int = 1  # k-means runs of the cohort fit, the lowest inertia kept
     explore_rarity: float = 2.0  # stratum mass ~ count^-rarity: 1 = even, > 1 favours rare ones
     explore_context: int = 7  # odd k: strata of colour and contrast with k x k cells; 0: mean/std
     n_patches_start: int = (

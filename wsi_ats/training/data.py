@@ -78,11 +78,6 @@ def split_cohort(
 MAX_OPEN_SLIDES = 16
 
 
-#: Lloyd steps of each k-means run when ``train.explore_restarts > 1``: runs stopped early (one run
-#: keeps the 20 it always had) have inertias too far from their optimum to rank them
-RESTARTED_LLOYD_STEPS = 100
-
-
 class SlideStore:
     """Open slide handles and cached low-res views of a run, plus the background reader pool.
 
@@ -131,14 +126,9 @@ class SlideStore:
         slides; ``map_size(view)`` is the attention map's size for a view)."""
         desc = self.cohort_descriptors(slides, map_size)
         tc = self.config.train
-        restarted = tc.explore_restarts > 1
         return self.set_strata(
             fit_appearance_strata(
-                desc,
-                tc.explore_strata,
-                seed=tc.seed,
-                restarts=tc.explore_restarts,
-                iters=RESTARTED_LLOYD_STEPS if restarted else 20,
+                desc, tc.explore_strata, seed=tc.seed, restarts=tc.explore_restarts
             )
         )
 
