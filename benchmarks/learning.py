@@ -310,8 +310,13 @@ def sampling_row(
 
 
 def _slug(name: str) -> str:
+    """A folder name for ``name``: its words, cut to 60 characters; a cut one ends in 8 hex digits
+    of its hash, so that names differing only in their tails (the seed) never share a folder."""
     keep = "".join(c if c.isalnum() else "_" for c in name.lower())
-    return "_".join(p for p in keep.split("_") if p)[:60]
+    slug = "_".join(p for p in keep.split("_") if p)
+    if len(slug) <= 60:
+        return slug
+    return slug[:51] + "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def clam_row(
