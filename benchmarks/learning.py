@@ -184,6 +184,26 @@ ABLATION_ROWS = {
         "cohort strata: lowest inertia of 8 k-means runs",
         {"train": {"explore_restarts": 8}},
     ),
+    "tiles": (
+        "restarts 8, each check tile counts once in the contrast",
+        {"train": {"explore_restarts": 8, "contrast_weighting": "tiles"}},
+    ),
+    "tiles_b4": (
+        "restarts 8, check tiles counted once, 4 slides per step",
+        {"train": {"explore_restarts": 8, "contrast_weighting": "tiles", "batch_size": 4}},
+    ),
+    "tiles_r1024": (
+        "restarts 8, check tiles counted once, 1024 replayed tiles",
+        {"train": {"explore_restarts": 8, "contrast_weighting": "tiles", "instance_replay": 1024}},
+    ),
+    "tiles_noaug": (
+        "restarts 8, check tiles counted once, no augment",
+        {"train": {"explore_restarts": 8, "contrast_weighting": "tiles", "augment": False}},
+    ),
+    "tiles1": (
+        "each check tile counts once in the contrast (one k-means run)",
+        {"train": {"contrast_weighting": "tiles"}},
+    ),
     "previous": ("previous defaults (first round)", PREVIOUS),
     "plain": ("plain (every remedy off)", PLAIN),
 }

@@ -10,7 +10,9 @@ share ``explore``).
         --out benchmarks/results/witness_rate_dev_distractors.txt
 
 ``--fit-seeds 0 1 2 ...`` instead fits the cohort strata once per seed (``--restarts`` k-means runs
-each, the lowest inertia kept) and prints each fit's inertia and witness rate.
+each, the lowest inertia kept) and prints each fit's inertia and witness rate; ``--by-stratum``
+adds, per fit and cohort stratum, the tiles drawn on positive and negative slides and the share of
+each kind of spot among the positive slides' ones (is the lesion stratum clean, or diluted?).
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from learning_trace import overrides
 from report import command_line, emit
 
 from wsi_ats.core import fit_appearance_strata, nearest_stratum
-from wsi_ats.core.exploration import RESTARTED_LLOYD_STEPS, lloyd_steps
+from wsi_ats.core.exploration import RESTARTED_LLOYD_STEPS, cell_descriptors, lloyd_steps
 from wsi_ats.models import PipelineConfig
 from wsi_ats.models.classifier import build_model
-from wsi_ats.stages import attention_map_size, cells_to_locations
+from wsi_ats.stages import attention_map_size, cells_to_locations, view_tensors
 from wsi_ats.synth.lesions import lesion_boxes, tile_hits
 from wsi_ats.training import read_cohort
 from wsi_ats.training.data import SlideStore
@@ -55,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"Lloyd steps per run (--fit-seeds; default as training: {RESTARTED_LLOYD_STEPS} "
         "with restarts, else 20)",
     )  # fmt: skip
+    ap.add_argument(
+        "--by-stratum", action="store_true", help="per stratum composition (--fit-seeds)"
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     if args.iters is None:
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 hits, total = witness(model, store, slides, boxes, args)
                 fits.append(f"fit seed {seed:>3}: inertia {inertia(desc, store.strata):.4f}  " + (
                     "  ".join(f"{k} {hits[k] / total:6.2%}" for k in kinds)))  # fmt: skip
+                if args.by_stratum:
+                    fits += by_stratum(model, store, train, boxes, args)
         else:
             if config.train.explore_scope == "cohort":  # as the training loop: on every train slide
                 store.fit_strata(train, lambda view: attention_map_size(model, view))
@@ -117,6 +124,38 @@ def witness(model, store: SlideStore, slides: list, boxes: dict, args) -> tuple[
             hits[k] += int(tile_hits(np.asarray(locs), size, boxes[k][s.slide_id]).sum())
         total += int(np.asarray(locs).reshape(-1, 2).shape[0])
     return hits, total
+
+
+def by_stratum(model, store: SlideStore, train: list, boxes: dict, args) -> list[str]:
+    """Per stratum of ``store.strata``: tiles drawn on the positive and the negative slides of
+    ``train`` (``args.n`` each, as :func:`witness`), and each kind's share of the positive ones."""
+    config, strata = model.config, store.strata
+    generator = torch.Generator().manual_seed(args.seed)
+    n = len(strata.centres)
+    drawn = np.zeros((2, n))
+    kind_hits = {k: np.zeros(n) for k in boxes}
+    for s in train:
+        plan = plan_batch(model, store, [s], generator, StepSettings(args.n, args.explore))[0]
+        plan.tiles.cancel()
+        map_size = attention_map_size(model, plan.view)
+        x, _ = view_tensors(plan.view, torch.device("cpu"))
+        cell_strata = nearest_stratum(cell_descriptors(x, map_size, config.train.explore_context),
+                                      strata)[0]  # fmt: skip
+        of_drawn = cell_strata[plan.drawn.indices.reshape(-1)].numpy()
+        np.add.at(drawn[int(s.label > 0)], of_drawn, 1)
+        if s.label:
+            locs = cells_to_locations(plan.drawn.indices, map_size, plan.view, config)[0]
+            size = tile_size_level0(config, plan.view)
+            for k in boxes:
+                hit = tile_hits(np.asarray(locs), size, boxes[k][s.slide_id]).reshape(-1)
+                np.add.at(kind_hits[k], of_drawn[hit], 1)
+    lines = [f"  {'stratum':>7} {'drawn neg':>9} {'drawn pos':>9} " + " ".join(
+        f"{k:>10}" for k in boxes)]  # fmt: skip
+    for j in range(n):
+        pos = max(drawn[1, j], 1)
+        lines.append(f"  {j:>7} {drawn[0, j]:9.0f} {drawn[1, j]:9.0f} " + " ".join(
+            f"{kind_hits[k][j] / pos:10.2%}" for k in boxes))  # fmt: skip
+    return lines
 
 
 def inertia(desc: torch.Tensor, strata) -> float:

@@ -54,6 +54,12 @@ def test_config_errors_name_file_and_field(tmp_path: Path) -> None:
     bad.write_text("[attention]\nmap_stride = 3\n")
     with pytest.raises(ConfigError, match=r"bad\.toml.*map_stride"):
         PipelineConfig.from_toml(bad)
+    bad.write_text('[train]\ncontrast_weighting = "uniform"\n')
+    with pytest.raises(ConfigError, match=r"bad\.toml.*train\.contrast_weighting must be"):
+        PipelineConfig.from_toml(bad)
+    bad.write_text("[train]\ncontrast_decay = 0.0\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml.*train\.contrast_decay must be in"):
+        PipelineConfig.from_toml(bad)
     bad.write_text("[nonsense]\n")
     with pytest.raises(ConfigError, match="unknown section"):
         PipelineConfig.from_toml(bad)

@@ -150,6 +150,11 @@ class TrainConfig:
     explore_restarts: int = 1  # k-means runs of the cohort fit, the lowest inertia kept
     explore_rarity: float = 2.0  # stratum mass ~ count^-rarity: 1 = even, > 1 favours rare ones
     explore_context: int = 7  # odd k: strata of colour and contrast with k x k cells; 0: mean/std
+    contrast_weighting: str = "importance"  # attention.stratum_scale > 0: a check slide's tile
+    # counts in its stratum's contrast with weight u / q ("importance") or once ("tiles")
+    contrast_decay: float = 0.99  # the contrast's sums decay by this per check slide read
+    contrast_z: float = 2.0  # the contrast is mean_pos - mean_neg less this many standard errors
+    contrast_min_tiles: float = 20.0  # effective tiles per label a stratum needs for a contrast
     n_patches_start: int = (
         128  # N at the first epoch, annealed to sampling.n_patches; 0 = no anneal
     )
@@ -473,6 +478,13 @@ def _validate(cfg: PipelineConfig) -> None:
             'train.explore_scope must be "slide" or "cohort"',
         ),
         (cfg.attention.stratum_scale >= 0, "attention.stratum_scale must be >= 0"),
+        (
+            cfg.train.contrast_weighting in ("importance", "tiles"),
+            'train.contrast_weighting must be "importance" or "tiles"',
+        ),
+        (0 < cfg.train.contrast_decay <= 1, "train.contrast_decay must be in (0, 1]"),
+        (cfg.train.contrast_z >= 0, "train.contrast_z must be >= 0"),
+        (cfg.train.contrast_min_tiles >= 0, "train.contrast_min_tiles must be >= 0"),
         (
             cfg.attention.stratum_scale == 0
             or (cfg.train.explore_scope == "cohort" and cfg.train.explore_strata > 0),

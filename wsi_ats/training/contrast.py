@@ -7,8 +7,15 @@ slide label, in exponentially decayed sums (the classifier keeps learning). Cent
 cancels whatever the classifier learnt about a whole slide (its brightness, say): what is left is
 the stratum's excess over the rest of its own slide.
 
+``weighting = "importance"`` weights each tile in the stratum sums by ``u / q`` too (a mean over the
+stratum's tissue); ``"tiles"`` counts every sampled tile once (a mean over the tiles sampled in
+the stratum, which follows the proposal within it): when the proposal is far from uniform inside a
+stratum, the importance weights leave few effective tiles behind each mean.
+
 A stratum's contrast is ``mean_pos - mean_neg`` less ``z`` standard errors (0 below that, or
-while either label has fewer than ``min_tiles`` effective tiles in it): tissue that both labels
+while either label has fewer than ``min_tiles`` effective tiles in it). The standard error is
+clustered by slide (a sandwich estimator over the slides' sums): a slide's tiles share its centring
+and its lesion load, so counting them as independent draws would understate it. Tissue that both labels
 show scores alike on both, and a stratum that holds findings only on positive slides stands out,
 however rare it is on each slide. Its logit is ``log(1 + contrast / scale)``.
 
@@ -25,23 +32,41 @@ import hashlib
 import torch
 from torch import Tensor
 
-__all__ = ["StratumContrast"]
+__all__ = ["WEIGHTINGS", "StratumContrast"]
+
+#: how a sampled tile counts in its stratum's sums: ``u / q`` or once
+WEIGHTINGS = ("importance", "tiles")
 
 
 class StratumContrast:
-    """Decayed, weighted first and second moments of slide-centred instance probabilities, per
-    ``(label, stratum)``. ``decay`` multiplies every sum once per :meth:`update`, i.e. per check
-    slide read (0.99: a half-life of about 70 of them); ``z`` and ``min_tiles`` guard against
-    noise."""
+    """Decayed, weighted sums of slide-centred instance probabilities per ``(label, stratum)``,
+    over tiles and over slides (for a standard error clustered by slide). A slide read ``k`` check
+    slides ago weighs ``decay^k`` (0.99: a half-life of about 70 of them); ``z`` and
+    ``min_tiles`` guard against noise; ``weighting``: ``"importance"`` or ``"tiles"`` (module
+    docstring)."""
 
     def __init__(
-        self, n_strata: int, decay: float = 0.99, z: float = 2.0, min_tiles: float = 20.0
+        self,
+        n_strata: int,
+        decay: float = 0.99,
+        z: float = 2.0,
+        min_tiles: float = 20.0,
+        weighting: str = "importance",
     ) -> None:
         if n_strata < 1 or not 0 < decay <= 1:
             raise ValueError(f"need n_strata >= 1 and 0 < decay <= 1, got {n_strata}, {decay}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         self.decay, self.z, self.min_tiles = float(decay), float(z), float(min_tiles)
-        # [label, moment, stratum]; moments: sum w, sum w^2, sum w x, sum w x^2
-        self.sums = torch.zeros(2, 4, n_strata, dtype=torch.float64)
+        self.weighting = weighting
+        # [label, moment, stratum]; over tiles: sum w, sum w^2, sum w x; over slides, of each
+        # slide's sums W and X of w and w x in the stratum: sum W^2, sum W X, sum X^2
+        self.sums = torch.zeros(2, 6, n_strata, dtype=torch.float64)
+        # a slide read k updates ago weighs decay^k: sums of its squares decay^(2k)
+        d = self.decay
+        self._decays = torch.tensor([d, d * d, d, d * d, d * d, d * d], dtype=torch.float64)[
+            None, :, None
+        ]
         self.check_ids: set[str] = set()
 
     def choose_checks(self, slides: list[tuple[str, int]]) -> None:
@@ -66,25 +91,33 @@ class StratumContrast:
         p = probs.detach().reshape(-1).double().cpu()
         w = weights.detach().reshape(-1).double().cpu()
         keep = (s >= 0) & torch.isfinite(w) & (w > 0)
-        self.sums.mul_(self.decay)
+        self.sums.mul_(self._decays)
         if not bool(keep.any()):
             return
         s, p, w = s[keep], p[keep], w[keep]
         w = w / w.mean()  # each tile counts about once, whatever the proposal's scale
         x = p - (w * p).sum() / w.sum()  # the slide's own level removed
-        moments = torch.stack([w, w * w, w * x, w * x * x])  # [4, n]
-        self.sums[int(int(label) > 0)].index_add_(1, s, moments)
+        if self.weighting == "tiles":
+            w = torch.ones_like(w)
+        sums = self.sums[int(int(label) > 0)]
+        sums[:3].index_add_(1, s, torch.stack([w, w * w, w * x]))
+        slide_w = torch.zeros(sums.shape[-1], dtype=w.dtype).index_add_(0, s, w)
+        slide_wx = torch.zeros_like(slide_w).index_add_(0, s, w * x)
+        sums[3:] += torch.stack([slide_w * slide_w, slide_w * slide_wx, slide_wx * slide_wx])
 
     def moments(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(mean [2, S], n_eff [2, S], se [S])``: per label (0: negative, 1: positive) and
         stratum the weighted mean of the slide-centred probabilities and the effective number of
-        tiles behind it, and the standard error of ``mean_pos - mean_neg``."""
-        w, w2, wx, wx2 = self.sums.unbind(1)  # each [2, S]
+        tiles behind it, and the standard error of ``mean_pos - mean_neg``: clustered by slide
+        (a slide's tiles share its lesion load and its centring, so they are not independent)."""
+        w, w2, wx, sw2, swx, sx2 = self.sums.unbind(1)  # each [2, S]
         safe = w.clamp_min(1e-12)
         mean = wx / safe
-        var = (wx2 / safe - mean * mean).clamp_min(0)
+        # sandwich variance of the ratio sum(w x) / sum(w) over slides c:
+        # sum_c (X_c - mean W_c)^2 / (sum w)^2, X_c and W_c the slide's sums in the stratum
+        var = (sx2 - 2 * mean * swx + mean * mean * sw2).clamp_min(0) / (safe * safe)
         n_eff = w * w / w2.clamp_min(1e-12)
-        se = (var / n_eff.clamp_min(1)).sum(0).sqrt()
+        se = var.sum(0).sqrt()
         return mean, n_eff, se
 
     def contrast(self) -> Tensor:
