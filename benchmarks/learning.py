@@ -94,7 +94,8 @@ PLAIN = {
         "attention_lr": 1e-3, "control_variate": "none", "instance_coef": 0.0,
         "distill_coef": 0.0, "evidence_quantile": 0.0, "explore": 0.0, "n_patches_start": 0,
         "balanced_batches": False, "explore_scope": "slide", "instance_memory": 0,
-        "slide_to_features": 1.0, "augment": False,
+        "slide_to_features": 1.0, "augment": False, "explore_restarts": 1,
+        "contrast_weighting": "importance",
     },
 }  # fmt: skip
 
@@ -105,7 +106,8 @@ PREVIOUS = {
         "attention_lr": 3e-4, "distill_coef": 1.0, "explore": 0.9, "explore_epochs": 8,
         "explore_rarity": 1.0, "explore_context": 0, "evidence_quantile": 0.0,
         "balanced_batches": False, "explore_scope": "slide", "instance_memory": 0,
-        "slide_to_features": 1.0, "augment": False,
+        "slide_to_features": 1.0, "augment": False, "explore_restarts": 1,
+        "contrast_weighting": "importance",
     },
 }  # fmt: skip
 
@@ -126,6 +128,8 @@ MAIN_ROWS = {
             "instance_memory": 0,
             "slide_to_features": 1.0,
             "augment": False,
+            "explore_restarts": 1,
+            "contrast_weighting": "importance",
         },
     },
     "4. plain attention sampling, no prior": PLAIN,
@@ -181,29 +185,16 @@ ABLATION_ROWS = {
         },
     ),
     "restarts": (
-        "cohort strata: lowest inertia of 8 k-means runs",
-        {"train": {"explore_restarts": 8}},
+        "- k-means restarts (explore_restarts 1)",
+        {"train": {"explore_restarts": 1}},
     ),
     "tiles": (
-        "restarts 8, each check tile counts once in the contrast",
-        {"train": {"explore_restarts": 8, "contrast_weighting": "tiles"}},
+        '- check tiles counted once (contrast_weighting "importance")',
+        {"train": {"contrast_weighting": "importance"}},
     ),
-    "tiles_b4": (
-        "restarts 8, check tiles counted once, 4 slides per step",
-        {"train": {"explore_restarts": 8, "contrast_weighting": "tiles", "batch_size": 4}},
-    ),
-    "tiles_r1024": (
-        "restarts 8, check tiles counted once, 1024 replayed tiles",
-        {"train": {"explore_restarts": 8, "contrast_weighting": "tiles", "instance_replay": 1024}},
-    ),
-    "tiles_noaug": (
-        "restarts 8, check tiles counted once, no augment",
-        {"train": {"explore_restarts": 8, "contrast_weighting": "tiles", "augment": False}},
-    ),
-    "tiles1": (
-        "each check tile counts once in the contrast (one k-means run)",
-        {"train": {"contrast_weighting": "tiles"}},
-    ),
+    "batch4": ("4 slides per optimiser step (not 8)", {"train": {"batch_size": 4}}),
+    "replay1024": ("1024 replayed tiles a step (not 256)", {"train": {"instance_replay": 1024}}),
+    "noaugment": ("- augmentation of replayed tiles", {"train": {"augment": False}}),
     "previous": ("previous defaults (first round)", PREVIOUS),
     "plain": ("plain (every remedy off)", PLAIN),
 }

@@ -147,10 +147,10 @@ class TrainConfig:
     explore_epochs: int = 0  # explore falls linearly to 0 over this many epochs; 0 = constant
     explore_strata: int = 16  # appearance strata of exploration (k-means); 0 = uniform over tissue
     explore_scope: str = "cohort"  # strata of each slide's own cells, or "cohort" (training slides)
-    explore_restarts: int = 1  # k-means runs of the cohort fit, the lowest inertia kept
+    explore_restarts: int = 8  # k-means runs of the cohort fit, the lowest inertia kept
     explore_rarity: float = 2.0  # stratum mass ~ count^-rarity: 1 = even, > 1 favours rare ones
     explore_context: int = 7  # odd k: strata of colour and contrast with k x k cells; 0: mean/std
-    contrast_weighting: str = "importance"  # attention.stratum_scale > 0: a check slide's tile
+    contrast_weighting: str = "tiles"  # attention.stratum_scale > 0: a check slide's tile
     # counts in its stratum's contrast with weight u / q ("importance") or once ("tiles")
     contrast_decay: float = 0.99  # the contrast's sums decay by this per check slide read
     contrast_z: float = 2.0  # the contrast is mean_pos - mean_neg less this many standard errors
@@ -520,6 +520,8 @@ SAVED_BEFORE: dict[tuple[str, str], Any] = {
     ("train", "instance_memory"): 0,
     ("train", "slide_to_features"): 1.0,
     ("train", "augment"): False,
+    ("train", "explore_restarts"): 1,
+    ("train", "contrast_weighting"): "importance",
 }
 
 #: a tile must cover at least this share of its attention cell, or tissue is left unreadable
