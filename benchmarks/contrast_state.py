@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from report import command_line, emit
 
+from wsi_ats.models import PipelineConfig
 from wsi_ats.training.contrast import StratumContrast
 
 
@@ -30,7 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     if state is None:
         print(f"{args.run / 'last.pt'}: no stratum contrast (stratum_scale 0?)", file=sys.stderr)
         return 1
-    contrast = StratumContrast(state["sums"].shape[-1])
+    tc = PipelineConfig.from_saved(saved["config"]).train  # the run's own z and min_tiles
+    contrast = StratumContrast(
+        state["sums"].shape[-1], tc.contrast_decay, tc.contrast_z, tc.contrast_min_tiles
+    )
+    if state["sums"].shape != contrast.sums.shape:
+        print(
+            f"{args.run / 'last.pt'}: contrast sums of shape {tuple(state['sums'].shape)}, this "
+            f"source keeps {tuple(contrast.sums.shape)} (written by an older wsi-ats)",
+            file=sys.stderr,
+        )
+        return 1
     contrast.load(state)
     mean, n_eff, se = contrast.moments()
     c = contrast.contrast()
