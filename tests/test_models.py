@@ -43,25 +43,22 @@ def test_every_field_is_documented_in_default_toml() -> None:
             assert "#" in line, f"{section}.{key} has no comment"
 
 
-def test_config_errors_name_file_and_field(tmp_path: Path) -> None:
+#: a bad spec file's text -> what its error must say (the file's name, the field, the problem)
+BAD_SPECS = [
+    ("[sampling]\nn_patchs = 3\n", r"bad\.toml.*n_patchs"),
+    ("[sampling]\nn_patches = 'many'\n", r"sampling\.n_patches must be an integer"),
+    ("[attention]\nmap_stride = 3\n", r"bad\.toml.*map_stride"),
+    ('[train]\ncontrast_weighting = "uniform"\n', r"bad\.toml.*train\.contrast_weighting must be"),
+    ("[train]\ncontrast_decay = 0.0\n", r"bad\.toml.*train\.contrast_decay must be in"),
+    ("[nonsense]\n", "unknown section"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_SPECS)
+def test_config_errors_name_file_and_field(tmp_path: Path, text: str, message: str) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text("[sampling]\nn_patchs = 3\n")
-    with pytest.raises(ConfigError, match=r"bad\.toml.*n_patchs"):
-        PipelineConfig.from_toml(bad)
-    bad.write_text("[sampling]\nn_patches = 'many'\n")
-    with pytest.raises(ConfigError, match=r"sampling\.n_patches must be an integer"):
-        PipelineConfig.from_toml(bad)
-    bad.write_text("[attention]\nmap_stride = 3\n")
-    with pytest.raises(ConfigError, match=r"bad\.toml.*map_stride"):
-        PipelineConfig.from_toml(bad)
-    bad.write_text('[train]\ncontrast_weighting = "uniform"\n')
-    with pytest.raises(ConfigError, match=r"bad\.toml.*train\.contrast_weighting must be"):
-        PipelineConfig.from_toml(bad)
-    bad.write_text("[train]\ncontrast_decay = 0.0\n")
-    with pytest.raises(ConfigError, match=r"bad\.toml.*train\.contrast_decay must be in"):
-        PipelineConfig.from_toml(bad)
-    bad.write_text("[nonsense]\n")
-    with pytest.raises(ConfigError, match="unknown section"):
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=message):
         PipelineConfig.from_toml(bad)
 
 

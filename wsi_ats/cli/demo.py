@@ -27,6 +27,7 @@ DEMO_PIPELINE = {
     "train": {
         "epochs": 14, "batch_size": 2, "lr": 0.001, "weight_decay": 0.0, "entropy_coef": 0.0001,
         "grad_clip": 1.0, "seed": 0, "read_workers": 4, "val_fraction": 0.2, "val_draws": 2,
+        "explore_restarts": 1,
     },
     "predict": {"n_draws": 8, "seed": 0, "tile_batch_size": 128, "threshold": 0.5},
 }  # fmt: skip
