@@ -192,6 +192,10 @@ SECTIONS: dict[str, type] = {
 #: features; leave-one-out over the draws (plus the running mean where no other draw is left)
 CONTROL_VARIATES = ("none", "mean", "loo")
 
+#: how a check slide's sampled tile counts in its stratum's contrast (training): with its importance
+#: weight ``u / q``, or once
+CONTRAST_WEIGHTINGS = ("importance", "tiles")
+
 #: sections whose fields decide the shapes of the weights (a checkpoint must match them)
 ARCHITECTURE_SECTIONS = ("attention", "features", "head")
 #: [features] fields a checkpoint need not match: its weights replace the pretrained ones
@@ -479,8 +483,8 @@ def _validate(cfg: PipelineConfig) -> None:
         ),
         (cfg.attention.stratum_scale >= 0, "attention.stratum_scale must be >= 0"),
         (
-            cfg.train.contrast_weighting in ("importance", "tiles"),
-            'train.contrast_weighting must be "importance" or "tiles"',
+            cfg.train.contrast_weighting in CONTRAST_WEIGHTINGS,
+            f"train.contrast_weighting must be one of {CONTRAST_WEIGHTINGS}",
         ),
         (0 < cfg.train.contrast_decay <= 1, "train.contrast_decay must be in (0, 1]"),
         (cfg.train.contrast_z >= 0, "train.contrast_z must be >= 0"),

@@ -14,10 +14,10 @@ stratum, the importance weights leave few effective tiles behind each mean.
 
 A stratum's contrast is ``mean_pos - mean_neg`` less ``z`` standard errors (0 below that, or
 while either label has fewer than ``min_tiles`` effective tiles in it). The standard error is
-clustered by slide (a sandwich estimator over the slides' sums): a slide's tiles share its centring
-and its lesion load, so counting them as independent draws would understate it. Tissue that both labels
-show scores alike on both, and a stratum that holds findings only on positive slides stands out,
-however rare it is on each slide. Its logit is ``log(1 + contrast / scale)``.
+clustered by slide (a sandwich estimator over the slides' sums): a slide's tiles share its
+centring and its lesion load, so counting them as independent draws would understate it. Tissue
+that both labels show scores alike on both, and a stratum that holds findings only on positive
+slides stands out, however rare it is on each slide. Its logit is ``log(1 + contrast / scale)``.
 
 The tile classifier can also learn what tells its own training slides apart (their identity, not a
 finding), and that shows as contrast too. So the contrast is measured on *check* slides only
@@ -32,10 +32,9 @@ import hashlib
 import torch
 from torch import Tensor
 
-__all__ = ["WEIGHTINGS", "StratumContrast"]
+from wsi_ats.models.config import CONTRAST_WEIGHTINGS
 
-#: how a sampled tile counts in its stratum's sums: ``u / q`` or once
-WEIGHTINGS = ("importance", "tiles")
+__all__ = ["StratumContrast"]
 
 
 class StratumContrast:
@@ -51,12 +50,12 @@ class StratumContrast:
         decay: float = 0.99,
         z: float = 2.0,
         min_tiles: float = 20.0,
-        weighting: str = "importance",
+        weighting: str = "tiles",
     ) -> None:
         if n_strata < 1 or not 0 < decay <= 1:
             raise ValueError(f"need n_strata >= 1 and 0 < decay <= 1, got {n_strata}, {decay}")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if weighting not in CONTRAST_WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {CONTRAST_WEIGHTINGS}, got {weighting!r}")
         self.decay, self.z, self.min_tiles = float(decay), float(z), float(min_tiles)
         self.weighting = weighting
         # [label, moment, stratum]; over tiles: sum w, sum w^2, sum w x; over slides, of each
