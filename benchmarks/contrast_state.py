@@ -31,10 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if state is None:
         print(f"{args.run / 'last.pt'}: no stratum contrast (stratum_scale 0?)", file=sys.stderr)
         return 1
-    tc = PipelineConfig.from_saved(saved["config"]).train  # the run's own z and min_tiles
-    contrast = StratumContrast(
-        state["sums"].shape[-1], tc.contrast_decay, tc.contrast_z, tc.contrast_min_tiles
-    )
+    train = PipelineConfig.from_saved(saved["config"]).train  # the run's own z and min_tiles
+    contrast = StratumContrast.for_config(state["sums"].shape[-1], train)
     if state["sums"].shape != contrast.sums.shape:
         print(
             f"{args.run / 'last.pt'}: contrast sums of shape {tuple(state['sums'].shape)}, this "

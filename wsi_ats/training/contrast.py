@@ -32,7 +32,7 @@ import hashlib
 import torch
 from torch import Tensor
 
-from wsi_ats.models.config import CONTRAST_WEIGHTINGS
+from wsi_ats.models.config import CONTRAST_WEIGHTINGS, TrainConfig
 
 __all__ = ["StratumContrast"]
 
@@ -67,6 +67,17 @@ class StratumContrast:
             None, :, None
         ]
         self.check_ids: set[str] = set()
+
+    @classmethod
+    def for_config(cls, n_strata: int, train: TrainConfig) -> StratumContrast:
+        """The contrast a run with the ``[train]`` settings ``train`` keeps (``contrast_*``)."""
+        return cls(
+            n_strata,
+            train.contrast_decay,
+            train.contrast_z,
+            train.contrast_min_tiles,
+            train.contrast_weighting,
+        )
 
     def choose_checks(self, slides: list[tuple[str, int]]) -> None:
         """Make every other slide of each label, in the order of the SHA-256 of their ids, a check

@@ -231,13 +231,7 @@ class StepState:
             positives=TileScores() if tc.evidence == "tails" else None,
             memory=TileMemory(tc.instance_memory) if tc.instance_memory > 0 else None,
             contrast=(
-                StratumContrast(
-                    model.attention_net.n_strata,
-                    tc.contrast_decay,
-                    tc.contrast_z,
-                    tc.contrast_min_tiles,
-                    tc.contrast_weighting,
-                )
+                StratumContrast.for_config(model.attention_net.n_strata, tc)
                 if isinstance(model.attention_net, StratumAttention)
                 else None
             ),
