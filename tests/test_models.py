@@ -50,6 +50,7 @@ BAD_SPECS = [
     ("[attention]\nmap_stride = 3\n", r"bad\.toml.*map_stride"),
     ('[train]\ncontrast_weighting = "uniform"\n', r"bad\.toml.*train\.contrast_weighting must be"),
     ("[train]\ncontrast_decay = 0.0\n", r"bad\.toml.*train\.contrast_decay must be in"),
+    ("[train]\ninstance_scale = 0.0\n", r"bad\.toml.*train\.instance_scale must be > 0"),
     ("[nonsense]\n", "unknown section"),
 ]
 

@@ -82,8 +82,9 @@ class SlideClassifier(nn.Module):
 
     def instance_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Tile logits ``[n]`` of tile features ``[n, D]``: how much a tile looks like what only
-        positive slides show (trained by the instance loss, read by attention distillation)."""
-        return self.instance_head(features)[..., 0]
+        positive slides show (trained by the instance loss, read by attention distillation);
+        ``train.instance_scale`` x the instance head's output."""
+        return self.config.train.instance_scale * self.instance_head(features)[..., 0]
 
     def classify(self, aggregated: torch.Tensor) -> torch.Tensor:
         """Slide logits ``[B]`` of aggregated features ``[B, D]``."""

@@ -124,6 +124,8 @@ class TrainConfig:
     attention_grad_clip: float = 1.0  # max gradient norm of the attention network, clipped alone
     control_variate: str = "loo"  # baseline in the attention gradient: "none", "mean", "loo"
     instance_coef: float = 1.0  # weight of the instance loss on instance_head(f_i) of sampled tiles
+    instance_scale: float = 10.0  # tile logit = scale x instance_head(f_i): on L2-normalised
+    # features |W f + b| <= |W| + |b|, which Adam grows by about lr x sqrt(dim) a step; 1 = plain
     instance_topk: int = 0  # tiles of a positive slide trained towards its label; 0 = every tile
     instance_negatives: str = "all"  # negative slide's tiles towards 0: "all", "topk" or "both"
     instance_memory: int = 4096  # tiles kept from recent slides; the instance loss then trains on
@@ -442,6 +444,7 @@ def _validate(cfg: PipelineConfig) -> None:
             f"train.control_variate must be one of {CONTROL_VARIATES}",
         ),
         (cfg.train.instance_coef >= 0, "train.instance_coef must be >= 0"),
+        (cfg.train.instance_scale > 0, "train.instance_scale must be > 0"),
         (cfg.train.instance_topk >= 0, "train.instance_topk must be >= 0"),
         (cfg.train.instance_memory >= 0, "train.instance_memory must be >= 0"),
         (cfg.train.instance_replay >= 2, "train.instance_replay must be >= 2"),
@@ -526,6 +529,7 @@ SAVED_BEFORE: dict[tuple[str, str], Any] = {
     ("train", "augment"): False,
     ("train", "explore_restarts"): 1,
     ("train", "contrast_weighting"): "importance",
+    ("train", "instance_scale"): 1.0,
 }
 
 #: a tile must cover at least this share of its attention cell, or tissue is left unreadable
