@@ -17,6 +17,7 @@ from wsi_ats.models import (
     load_model,
     save_checkpoint,
 )
+from wsi_ats.models.config import SAVED_BEFORE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,3 +212,16 @@ def test_a_switched_off_attention_trunk_keeps_a_gradient_only_when_leaky(activat
     first = next(iter(model.attention_net.trunk)).weight.grad
     grad = 0.0 if first is None else float(first.abs().sum())
     assert (grad > 0) == (activation == "leaky_relu")
+
+
+def test_a_saved_config_without_the_newer_fields_loads_as_it_was_trained() -> None:
+    """A checkpoint's config written before every field of SAVED_BEFORE existed gets each field's
+    old value (together they are valid); a spec written today without them gets the defaults."""
+    saved = PipelineConfig().to_dict()
+    for section, name in SAVED_BEFORE:
+        del saved[section][name]
+    old, today = PipelineConfig.from_saved(saved), PipelineConfig()
+    for (section, name), value in SAVED_BEFORE.items():
+        assert getattr(getattr(old, section), name) == value, (section, name)
+    assert old.train.instance_scale == 1.0
+    assert PipelineConfig.from_dict(saved) == today
