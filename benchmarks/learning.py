@@ -525,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablation", action="store_true", help="each remedy off, one at a time")
     ap.add_argument(
         "--rows", nargs="+", choices=list(ABLATION_ROWS),
-        help="ablation rows to run (default: all); the default row always runs, the plain one unless --without-plain",
+        help="ablation rows to run (default: all); the default row always runs, and the plain\n"
+        "one unless --without-plain",
     )  # fmt: skip
     ap.add_argument(
         "--without-plain", action="store_true",
