@@ -525,6 +525,52 @@ def test_slide_gradient_weight_scales_only_its_network(
         torch.testing.assert_close(deltas[0.0][n], deltas[1.0][n])
 
 
+@pytest.mark.parametrize(("memory", "graph_kept"), [(0, True), (64, False)])
+def test_slide_tiles_keep_a_graph_only_when_a_loss_trains_through_them(
+    cohort: Path, memory: int, graph_kept: bool
+) -> None:
+    """With ``train.slide_to_features = 0`` a slide's own tiles train the feature net only through
+    an instance loss on them (no tile memory); otherwise their feature pass runs without autograd.
+    Either way the step's gradients are those of a step that keeps the graph (a slide loss weight
+    of 1e-12 on the features)."""
+    from wsi_ats.models import build_model
+    from wsi_ats.training.replay import TileMemory
+    from wsi_ats.training.step import StepSettings, StepState, train_step
+
+    slides = [s for s in read_cohort(cohort) if s.split == "train"][:2]
+    assert sorted(s.label for s in slides) == [0, 1]
+    grads, kept = {}, {}
+    for weight in (0.0, 1e-12):
+        cfg = CFG.replace(
+            train={"slide_to_features": weight, "instance_memory": memory, "instance_replay": 16,
+                   "distill_coef": 1.0, "explore": 0.5}
+        )  # fmt: skip
+        model = build_model(cfg, seed=0)
+        kept[weight] = []
+
+        def recording_features(
+            tiles: torch.Tensor, keys: object = None, run=model.features, log=kept[weight]
+        ) -> torch.Tensor:
+            out = run(tiles, keys)
+            log.append(out.requires_grad)
+            return out
+
+        model.features = recording_features  # type: ignore[method-assign]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        state = StepState(memory=TileMemory(memory) if memory else None)
+        with SlideStore(cfg, 2) as store:
+            gen = torch.Generator().manual_seed(0)
+            train_step(model, optimizer, store, slides, gen, StepSettings(8), state)
+        grads[weight] = {n: p.grad for n, p in model.named_parameters()}
+    # the two slides' passes (then, with the memory, the replayed tiles' pass with a graph)
+    assert kept[0.0][:2] == [graph_kept] * 2 and kept[1e-12][:2] == [True, True]
+    assert kept[0.0][2:] == kept[1e-12][2:] == ([] if memory == 0 else [True])
+    feature_net = [n for n in grads[0.0] if n.startswith("feature_net.")]
+    assert feature_net and all(float(grads[0.0][n].abs().max()) > 0 for n in feature_net)
+    for name, g in grads[0.0].items():
+        torch.testing.assert_close(g, grads[1e-12][name], msg=name)
+
+
 def test_instance_memory_trains_the_instance_head_on_tiles_of_both_labels(cohort: Path) -> None:
     """With ``train.instance_memory``, a step's tiles join the memory, and the instance head learns
     once the memory holds tiles of both labels (not from a first step of one label)."""

@@ -386,7 +386,13 @@ def train_step(
         if memory is not None and not check:
             memory.add(read, plan.slide.label)
         tiles = tiles_to_tensor(read, device)
-        feats = model.features(tiles, plan.tile_keys)  # [N, D]
+        # the slide's own tiles train the feature net and the instance head only through the
+        # slide loss (train.slide_to_features) or an instance loss on them; every other use of
+        # their features is stop-gradient, so otherwise their feature pass runs without autograd
+        # (the same gradients, without a backward pass through the feature net for zeros)
+        own_instance_loss = tc.instance_coef > 0 and memory is None and not check
+        with torch.set_grad_enabled(own_instance_loss or tc.slide_to_features != 0):
+            feats = model.features(tiles, plan.tile_keys)  # [N, D]
         # the slide loss reaches the attention and the feature net scaled by
         # train.slide_to_attention and train.slide_to_features (same values forward)
         pooled = estimate(
@@ -412,7 +418,7 @@ def train_step(
                     strata.gather(1, cells), torch.sigmoid(instance_logits), uniform_over_q,
                     plan.slide.label,
                 )  # fmt: skip
-            if tc.instance_coef > 0 and memory is None and not check:
+            if own_instance_loss:
                 inst = topk_instance_loss(
                     instance_logits, target, tc.instance_topk, tc.instance_negatives
                 )
