@@ -84,8 +84,8 @@ def test_loss_falls_and_checkpoints_reload(cohort: Path, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("memory", [0, 4096])
 def test_resume_continues_epoch_count(cohort: Path, tmp_path: Path, memory: int) -> None:
-    """A resumed run continues the epoch count; without the tile memory (not saved in
-    checkpoints: 4096 tiles of 256 px are 805 MB) it ends with the weights of an uninterrupted run."""
+    """A resumed run continues the epoch count and ends with the weights of an uninterrupted run,
+    with the tile memory too (saved in ``last.pt``)."""
     cfg = CFG.replace(train={"instance_memory": memory})
     run = tmp_path / "run"
     train(cohort, cfg, run, epochs=2, progress=False)
@@ -93,15 +93,26 @@ def test_resume_continues_epoch_count(cohort: Path, tmp_path: Path, memory: int)
     result = train(cohort, None, run, resume=True, epochs=3, progress=False)
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 3
-    if memory:  # the memory starts empty again: the tiles replayed differ
-        return
-    # an uninterrupted 3-epoch run draws the same tiles: identical weights
+    # an uninterrupted 3-epoch run draws (and replays) the same tiles: identical weights
     full = tmp_path / "full"
     train(cohort, cfg, full, epochs=3, progress=False)
     a = torch.load(run / "last.pt", weights_only=True)["state_dict"]
     b = torch.load(full / "last.pt", weights_only=True)["state_dict"]
     for key in a:
         torch.testing.assert_close(a[key], b[key])
+
+
+def test_resume_refuses_a_tile_memory_that_does_not_fit(cohort: Path, tmp_path: Path) -> None:
+    """A ``last.pt`` whose tile memory does not fit the run's is refused, naming the file."""
+    cfg = CFG.replace(train={"instance_memory": 64})
+    run = tmp_path / "run"
+    train(cohort, cfg, run, epochs=1, progress=False)
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert int(state["tile_memory"]["counts"].sum()) > 0
+    state["tile_memory"]["negative_tiles"] = state["tile_memory"]["negative_tiles"][:1]
+    torch.save(state, run / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last\.pt.*negative_tiles hold 1 tiles"):
+        train(cohort, None, run, resume=True, epochs=2, progress=False)
 
 
 def test_resume_restores_the_loss_scale(

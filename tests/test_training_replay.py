@@ -49,3 +49,33 @@ def test_memory_refuses_tiles_of_another_size_or_label() -> None:
         memory.add(_tiles(range(2), size=8), 1)
     with pytest.raises(ValueError, match="label"):
         memory.add(_tiles(range(2)), 2)
+
+
+def test_memory_state_restores_what_it_holds_and_where_it_writes_next() -> None:
+    """A memory loaded from another's state (through a weights-only ``torch.save``) draws the
+    same minibatches and overwrites the same oldest tiles; a state of another capacity is refused."""
+    import io
+
+    memory = TileMemory(capacity=10)
+    memory.add(_tiles(range(0, 7)), 0)  # wrapped round: the ring's next slot is not 0
+    memory.add(_tiles(range(100, 102)), 1)
+    buffer = io.BytesIO()
+    torch.save(memory.state(), buffer)
+    buffer.seek(0)
+    restored = TileMemory(capacity=10)
+    restored.load(torch.load(buffer, weights_only=True))
+    for m in (memory, restored):
+        m.add(_tiles(range(7, 9)), 0)
+    assert len(restored) == len(memory) == 7
+    for seed in range(3):
+        a = memory.sample(64, torch.Generator().manual_seed(seed))
+        b = restored.sample(64, torch.Generator().manual_seed(seed))
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert set(restored.sample(500, torch.Generator().manual_seed(0))[0][:, 0, 0, 0]) == {
+        4, 5, 6, 7, 8, 100, 101,
+    }  # fmt: skip
+    empty = TileMemory(capacity=10)
+    empty.load(TileMemory(capacity=10).state())
+    assert len(empty) == 0 and empty.sample(4, torch.Generator()) is None
+    with pytest.raises(ValueError, match="capacity 8"):
+        TileMemory(capacity=8).load(memory.state())

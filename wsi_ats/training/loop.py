@@ -227,7 +227,10 @@ def train(
         check_state_dict(last, model, state["state_dict"])
         model.load_state_dict(state["state_dict"])
         _restore_optimizer(last, optimizer, state.get("optimizer"))
-        carried.restore(state)
+        try:
+            carried.restore(state)
+        except ValueError as exc:
+            raise CheckpointError(last, f"cannot restore the training state: {exc}") from None
         if scaler is not None and state.get("grad_scaler"):  # float16: the loss scale it reached
             scaler.load_state_dict(state["grad_scaler"])
         start_epoch = int(state["epoch"]) + 1

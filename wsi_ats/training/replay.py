@@ -12,7 +12,8 @@ rate (``results/instance_batches_one_slide.txt``): after 400 steps, lesion tiles
 out mixed minibatches drawn across every slide it holds, half of each label: the step's instance
 loss (``train.instance_memory``) is naive multiple-instance learning on those, every tile carrying
 its slide's label. Memory is bounded by ``capacity`` x the tile size, whatever the slides' size or
-the cohort's. The memory is not saved in checkpoints: a resumed run refills it within an epoch.
+the cohort's. Its :meth:`~TileMemory.state` goes into ``last.pt``, so a resumed run replays the
+tiles an uninterrupted one would (4096 tiles of 64 px add 50 MB to the file, of 256 px 805 MB).
 """
 
 from __future__ import annotations
@@ -65,3 +66,38 @@ class TileMemory:
             tiles.append(self._tiles[label][idx])
             labels.append(np.full(k, label, np.float32))
         return np.concatenate(tiles), np.concatenate(labels)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The held tiles of each label (uint8, oldest ring slots first as stored) and the counts
+        of tiles ever added: what :meth:`load` restores."""
+        out = {"counts": torch.tensor([self._count[0], self._count[1]], dtype=torch.int64)}
+        for label, name in ((0, "negative_tiles"), (1, "positive_tiles")):
+            buf = self._tiles[label]
+            held = min(self._count[label], self.per_label)
+            if buf is not None:
+                out[name] = torch.from_numpy(buf[:held].copy())
+        return out
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state` (of a memory of the same capacity); ``ValueError`` saying what
+        does not fit otherwise."""
+        counts = state["counts"].tolist()
+        if len(counts) != 2 or min(counts) < 0:
+            raise ValueError(f"tile memory counts {counts} are not two counts")
+        tiles: dict[int, np.ndarray | None] = {0: None, 1: None}
+        for label, name in ((0, "negative_tiles"), (1, "positive_tiles")):
+            held = min(counts[label], self.per_label)
+            saved = state.get(name)
+            n = 0 if saved is None else int(saved.shape[0])
+            if n != held or (saved is not None and saved.dtype != torch.uint8):
+                raise ValueError(
+                    f"the tile memory's {name} hold {n} tiles, expected {held} uint8 tiles "
+                    f"(capacity {2 * self.per_label})"
+                )
+            if saved is not None:
+                tiles[label] = np.empty((self.per_label, *saved.shape[1:]), np.uint8)
+                tiles[label][:held] = saved.numpy()
+        shapes = {t.shape[1:] for t in tiles.values() if t is not None}
+        if len(shapes) > 1:
+            raise ValueError(f"the tile memory's labels hold tiles of different shapes {shapes}")
+        self._tiles, self._count = tiles, {0: counts[0], 1: counts[1]}

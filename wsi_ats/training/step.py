@@ -238,8 +238,10 @@ class StepState:
         )
 
     def checkpoint(self) -> dict:
-        """The entries of ``last.pt`` that restore it (the tile memory is not saved)."""
+        """The entries of ``last.pt`` that restore it."""
         out = {}
+        if self.memory is not None:
+            out["tile_memory"] = self.memory.state()
         if self.running_mean is not None and self.running_mean.value is not None:
             out["running_mean"] = self.running_mean.state()
         if self.negatives is not None:
@@ -251,7 +253,11 @@ class StepState:
         return out
 
     def restore(self, saved: dict) -> None:
-        """Load :meth:`checkpoint`'s entries from a ``last.pt`` dict (missing ones: left as are)."""
+        """Load :meth:`checkpoint`'s entries from a ``last.pt`` dict (missing ones, such as the
+        tile memory of a file written before it was saved: left as are). ``ValueError`` when an
+        entry does not fit."""
+        if self.memory is not None and saved.get("tile_memory") is not None:
+            self.memory.load(saved["tile_memory"])
         if self.running_mean is not None:
             self.running_mean.load(saved.get("running_mean"))
         if self.negatives is not None:
