@@ -145,6 +145,11 @@ def test_stratum_attention_adds_each_cells_stratum_logit() -> None:
     diff = (module(view) - net(view))[0, 0]
     torch.testing.assert_close(diff[:, 4:], torch.full((8, 4), 1.5))
     torch.testing.assert_close(diff[:, :4], torch.zeros(8, 4))
+    # strata kept from an earlier call give the same logits; other strata move them
+    kept = module.cell_strata(view)
+    assert torch.equal(kept.reshape(8, 8), strata)
+    assert torch.equal(module(view, kept), module(view))
+    assert not torch.equal(module(view, torch.full_like(kept, right)), module(view))
 
 
 def test_stratum_logits_travel_in_checkpoints(tmp_path: Path) -> None:
@@ -222,3 +227,37 @@ def test_check_slides_train_no_tile_classifier_and_feed_the_contrast(cohort: Pat
     assert len(memory) == 8  # the negative slide's tiles only
     weights = contrast.sums[:, 0].sum(1)  # [label]: weight of the tiles each label gave
     assert weights[0] == 0 and weights[1] > 0
+
+
+def test_the_store_keeps_each_slides_cell_strata_until_new_strata_are_fitted(
+    cohort: Path,  # noqa: F811
+) -> None:
+    """``SlideStore.cell_strata`` computes a slide's cell strata once and keeps them until the
+    store's strata are set again; the model's attention with them equals its attention without."""
+    from wsi_ats.stages import attention_map_size, view_tensors
+    from wsi_ats.training import SlideStore, read_cohort
+
+    cfg = CFG.replace(
+        attention={"stratum_scale": 0.01},
+        train={"explore_scope": "cohort", "explore_strata": 4, "explore_context": 3},
+    )
+    model = build_model(cfg, seed=0)
+    slides = [s for s in read_cohort(cohort) if s.split == "train"]
+    calls = []
+
+    def compute(x: torch.Tensor) -> torch.Tensor | None:
+        calls.append(1)
+        return model.cell_strata(x)
+
+    with SlideStore(cfg, 2) as store:
+        strata = store.fit_strata(slides, lambda view: attention_map_size(model, view))
+        model.attention_net.set_strata(strata)
+        model.attention_net.set_bias(torch.linspace(0.5, 2.0, 4))
+        x, m = view_tensors(store.view(slides[0]), model.device)
+        kept = store.cell_strata(slides[0], lambda: compute(x))
+        assert store.cell_strata(slides[0], lambda: compute(x)) is kept and len(calls) == 1
+        with torch.no_grad():
+            assert torch.equal(model.attention(x, m, kept), model.attention(x, m))
+        store.set_strata(strata)
+        store.cell_strata(slides[0], lambda: compute(x))
+        assert len(calls) == 2

@@ -57,15 +57,38 @@ class SlideClassifier(nn.Module):
         return next(self.parameters()).device
 
     def attention_logits(
-        self, view: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        view: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        strata: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attention logits ``[B, mh, mw]`` of views ``[B, 3, h, w]``, ``-inf`` off tissue (a slide
-        whose mask is empty keeps every cell)."""
-        return masked_logits(self.attention_net(view), mask)
+        whose mask is empty keeps every cell). ``strata``: :meth:`cell_strata` of ``view``, kept
+        from an earlier call (``None``: computed when needed)."""
+        return masked_logits(self._attention_net(view, strata), mask)
 
-    def attention(self, view: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention distribution ``[B, mh, mw]`` (sums to 1, zero off tissue) of views ``[B,3,h,w]``."""
-        return masked_softmax(self.attention_net(view), mask)
+    def attention(
+        self,
+        view: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        strata: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attention distribution ``[B, mh, mw]`` (sums to 1, zero off tissue) of views
+        ``[B, 3, h, w]``; ``strata`` as in :meth:`attention_logits`."""
+        return masked_softmax(self._attention_net(view, strata), mask)
+
+    def cell_strata(self, view: torch.Tensor) -> torch.Tensor | None:
+        """The cohort appearance stratum of each attention cell of ``view`` ``[B, mh * mw]``
+        (:class:`StratumAttention`); ``None`` for an attention net without strata. They depend
+        only on the view and the fitted strata, so a caller may keep them for the run."""
+        if isinstance(self.attention_net, StratumAttention):
+            return self.attention_net.cell_strata(view)
+        return None
+
+    def _attention_net(self, view: torch.Tensor, strata: torch.Tensor | None) -> torch.Tensor:
+        if strata is None:
+            return self.attention_net(view)
+        return self.attention_net(view, strata)
 
     def features(self, tiles: torch.Tensor, keys: list[TileKey] | None = None) -> torch.Tensor:
         """Tile features ``[n, D]`` of tiles ``[n, 3, p, p]`` in ``[0, 1]`` (float32; on CUDA run

@@ -71,9 +71,18 @@ class StratumAttention(nn.Module):
         desc = cell_descriptors(view, map_size, self.context)  # [B, K, d]
         return nearest_stratum(desc, AppearanceStrata(self.mean, self.std, self.centres))
 
-    def forward(self, view: Tensor) -> Tensor:
+    def cell_strata(self, view: Tensor) -> Tensor:
+        """:meth:`strata_of` at the size of the map this module gives for ``view``."""
+        with torch.no_grad():
+            map_size = tuple(self.net(view).shape[-2:])
+        return self.strata_of(view, map_size)
+
+    def forward(self, view: Tensor, strata: Tensor | None = None) -> Tensor:
+        """Logits of ``view``; ``strata`` (``[B, mh * mw]``, :meth:`cell_strata` of this view,
+        e.g. kept from an earlier call) saves computing them again."""
         logits = self.net(view)
         if not bool(self.bias.any()):
             return logits
-        strata = self.strata_of(view, tuple(logits.shape[-2:]))
+        if strata is None:
+            strata = self.strata_of(view, tuple(logits.shape[-2:]))
         return logits + self.bias[strata].reshape(logits.shape).to(logits.dtype)

@@ -97,6 +97,7 @@ class SlideStore:
         self.slides = SlideCache(max(max_open, workers))
         self._views: dict[str, Future[SlideView]] = {}
         self._exploration: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
+        self._cell_strata: dict[str, torch.Tensor | None] = {}
         self.strata: AppearanceStrata | None = None
 
     def _compute_view(self, slide: LabelledSlide) -> SlideView:
@@ -151,6 +152,21 @@ class SlideStore:
         self.strata = strata
         with self._lock:
             self._exploration.clear()
+            self._cell_strata.clear()
+        return strata
+
+    def cell_strata(
+        self, slide: LabelledSlide, compute: Callable[[], torch.Tensor | None]
+    ) -> torch.Tensor | None:
+        """The stratum of each attention cell of ``slide``: ``compute()`` (the model's
+        :meth:`~wsi_ats.models.SlideClassifier.cell_strata` of its view) the first time, then kept
+        until :meth:`set_strata` (the model's strata are set with the store's, once a run)."""
+        with self._lock:
+            if slide.slide_id in self._cell_strata:
+                return self._cell_strata[slide.slide_id]
+        strata = compute()
+        with self._lock:
+            self._cell_strata[slide.slide_id] = strata
         return strata
 
     def data_range(self, slides: list[LabelledSlide]) -> DataRange | None:

@@ -72,6 +72,7 @@ class SlidePlan:
     tiles: Future  # Future[uint8[N, h, w, 3]]
     exploration: torch.Tensor  # [1, N] the exploration measure at the drawn cells
     tile_keys: list | None = None  # one cache key per tile (features.cache_tiles), else None
+    strata: torch.Tensor | None = None  # [1, mh * mw] each cell's stratum (StratumAttention)
 
 
 @dataclass
@@ -313,7 +314,8 @@ def plan_batch(
         for s in slides:
             view = store.view(s)
             x, m = view_tensors(view, model.device)
-            att = model.attention(x, m)
+            strata = store.cell_strata(s, lambda x=x: model.cell_strata(x))
+            att = model.attention(x, m, strata)
             replace = effective_replace(att, n, cfg.sampling.replace)
             exploration = None
             if cfg.train.explore_strata > 0:
@@ -327,7 +329,7 @@ def plan_batch(
             keys = None
             if cfg.features.cache_tiles > 0:  # a frozen backbone's outputs kept across steps
                 keys = tile_keys(view.path, view.read_level, size + (out_size or ()), locs)
-            plans.append(SlidePlan(s, view, drawn, fut, e.gather(1, drawn.indices), keys))
+            plans.append(SlidePlan(s, view, drawn, fut, e.gather(1, drawn.indices), keys, strata))
     return plans
 
 
@@ -384,7 +386,7 @@ def train_step(
     n_tiles = 0
     for plan in plans:
         x, m = view_tensors(plan.view, device)
-        logits = model.attention_logits(x, m)  # same weights and input as when drawing
+        logits = model.attention_logits(x, m, plan.strata)  # same weights and input as drawn
         att = torch.softmax(logits.reshape(1, -1), dim=1)
         read = plan.tiles.result()
         # attention.stratum_scale: half the slides check the tile classifier, never train it
@@ -418,10 +420,9 @@ def train_step(
             tissue = int(torch.isfinite(logits).sum())
             uniform_over_q = 1.0 / (tissue * plan.drawn.proposal.to(device))  # u / q
             if check:
-                strata = model.attention_net.strata_of(x, tuple(logits.shape[-2:]))
                 cells = plan.drawn.indices.to(device)
                 contrast.update(
-                    strata.gather(1, cells), torch.sigmoid(instance_logits), uniform_over_q,
+                    plan.strata.gather(1, cells), torch.sigmoid(instance_logits), uniform_over_q,
                     plan.slide.label,
                 )  # fmt: skip
             if own_instance_loss:
