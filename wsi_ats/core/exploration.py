@@ -64,6 +64,8 @@ def _kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator, restarts:
     best, best_inertia = None, float("inf")
     for _ in range(max(1, restarts)):
         labels, centres = _lloyd(x, _kmeans_pp(x, min(k, x.shape[0]), generator), iters)
+        if restarts <= 1:
+            return labels
         inertia = float(((x - centres[labels]) ** 2).sum())
         if inertia < best_inertia:
             best, best_inertia = labels, inertia

@@ -36,6 +36,8 @@ from wsi_ats.models.config import CONTRAST_WEIGHTINGS, TrainConfig
 
 __all__ = ["StratumContrast"]
 
+_DEFAULTS = TrainConfig()  # the contrast_* defaults of a run, kept in one place
+
 
 class StratumContrast:
     """Decayed, weighted sums of slide-centred instance probabilities per ``(label, stratum)``,
@@ -47,10 +49,10 @@ class StratumContrast:
     def __init__(
         self,
         n_strata: int,
-        decay: float = 0.99,
-        z: float = 2.0,
-        min_tiles: float = 20.0,
-        weighting: str = "tiles",
+        decay: float = _DEFAULTS.contrast_decay,
+        z: float = _DEFAULTS.contrast_z,
+        min_tiles: float = _DEFAULTS.contrast_min_tiles,
+        weighting: str = _DEFAULTS.contrast_weighting,
     ) -> None:
         if n_strata < 1 or not 0 < decay <= 1:
             raise ValueError(f"need n_strata >= 1 and 0 < decay <= 1, got {n_strata}, {decay}")
