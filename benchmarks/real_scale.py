@@ -7,8 +7,8 @@ For each slide (``wsi_ats.synth.write_synthetic_slide`` at ``--mpp``, JPEG pyram
    - geometry: the tiles of the spec (``tile_size`` px at ``tile_mpp``), the pyramid level and size
      they are read at; the share of the tissue that can be sampled: 1,000,000 random points on the
      tissue (the tissue mask of the low-res view, each point uniform in its mask pixel's level-0
-     extent) tested against the tile boxes of **every** attention cell (as
-     ``stages.cells_to_locations``, the one cell-to-tile mapping, places them). The same count for
+     extent) tested against the boxes of **every** tile of every attention cell (as
+     ``stages.cell_tile_locations``, the one cell-to-tile mapping, places them). The same count for
      the pixel-geometry spec ``pipelines/synthetic.toml`` (512 px view, 64 px tiles at level 0) on
      the same slide shows what the former default could see;
    - ``predict_slide`` end to end (open, low-res view, tissue mask, attention, ``n_draws x N``
@@ -16,7 +16,7 @@ For each slide (``wsi_ats.synth.write_synthetic_slide`` at ``--mpp``, JPEG pyram
      not change the cost), for each ``--draws`` (the spec's is 8): the median of ``--repeats`` runs
      after one warm-up run; distinct tiles read;
 2. dense tiling with the same tiles and feature network on the same slide: every tissue tile of the
-   same grid (the attention cells on tissue; one cell = one tile footprint) read at the same level
+   same grid (the tiles of the attention cells on tissue) read at the same level
    and pushed through ``stages.tile_features``. Only a random subset of ``--dense-tiles`` tissue
    tiles is timed (read + features, batches of ``predict.tile_batch_size``); the time per slide is
    the view and mask time plus tissue tiles x the measured time per tile: **extrapolated**, and the
@@ -77,11 +77,12 @@ def sampleable_share(view, config, rng: np.random.Generator) -> dict:
     """Share of random tissue points inside the tile box of some attention cell (all cells)."""
     import torch
 
-    from wsi_ats.stages import cells_to_locations
+    from wsi_ats.stages import cell_tile_locations
 
     map_size = map_size_of(view, config)
     k = map_size[0] * map_size[1]
-    locs = cells_to_locations(torch.arange(k)[None], map_size, view, config)[0]  # [K, 2] (x, y)
+    # every tile of every cell (one a cell unless slide.tiles_per_cell > 1): [K * t, 2] (x, y)
+    locs = cell_tile_locations(torch.arange(k)[None], map_size, view, config)[0].reshape(-1, 2)
     side = (view.read_size or config.slide.patch_size) * view.read_downsample  # level-0 px
     # cells form a grid: a point is covered iff its x is in some column's tile interval and its y in
     # some row's (the tile of cell (r, c) spans the column-c x interval and the row-r y interval)
@@ -191,12 +192,12 @@ def dense_part(path: Path, view, cfg, model, rng: np.random.Generator, args) -> 
 
     from wsi_ats.core import mask_to_map
     from wsi_ats.slides import open_slide
-    from wsi_ats.stages import cells_to_locations, read_tiles, tile_features
+    from wsi_ats.stages import cell_tile_locations, read_tiles, tile_features
 
     map_size = map_size_of(view, cfg)
     tissue = mask_to_map(torch.from_numpy(view.mask)[None], map_size)[0].reshape(-1)
     cells = torch.nonzero(tissue)[:, 0]
-    locs = cells_to_locations(cells[None], map_size, view, cfg)[0]
+    locs = cell_tile_locations(cells[None], map_size, view, cfg)[0].reshape(-1, 2)
     subset = locs[rng.permutation(len(locs))[: args.dense_tiles]]
     size = (view.read_size, view.read_size)
     out_size = None if view.tile_size == view.read_size else (view.tile_size,) * 2

@@ -19,7 +19,13 @@ from wsi_ats.models import ConfigError, PipelineConfig, build_model
 from wsi_ats.slides import open_slide
 from wsi_ats.slides.lowres import area_reduce
 from wsi_ats.slides.resolution import SlideResolutionError, resolve_mpp, tile_geometry
-from wsi_ats.stages import cells_to_locations, read_slide_tiles, sample_slide, view_slide
+from wsi_ats.stages import (
+    cell_tile_locations,
+    cells_to_locations,
+    read_slide_tiles,
+    sample_slide,
+    view_slide,
+)
 
 #: 64 px tiles at 0.5 um/px (32 um), 4 low-res px per cell: a small physical spec
 PHYSICAL = PipelineConfig().replace(
@@ -116,6 +122,80 @@ def test_tiles_of_all_cells_tile_the_slide_without_gaps(tmp_path: Path, mpp: flo
         np.testing.assert_array_equal(tiles[0], want)
 
 
+@pytest.mark.parametrize("mpp", [0.25, 0.3])
+def test_cells_of_whole_tiles_cover_the_slide_and_draw_each_tile_evenly(
+    tmp_path: Path, mpp: float
+) -> None:
+    """``slide.tiles_per_cell = 2``: cells of 2 x 2 tile footprints (a view half as fine); the
+    tiles of all cells tile the slide with no gap or overlap, and a drawn cell reads each of its
+    4 tiles with probability 1/4 (every count within 5 standard errors over 8,000 draws)."""
+    img = _image(700, 1000)
+    path = write_pyramidal_tiff(tmp_path / "s.tiff", img, tile=128, levels=3, mpp=mpp)
+    spec = PHYSICAL.replace(slide={"tiles_per_cell": 2})
+    one, view = view_slide(path, PHYSICAL), view_slide(path, spec)
+    assert view.scale == (2 * one.scale[0], 2 * one.scale[1])
+    mh, mw = view.image.shape[0] // 4, view.image.shape[1] // 4
+    every = cell_tile_locations(torch.arange(mh * mw)[None], (mh, mw), view, spec)[0]
+    assert every.shape == (mh * mw, 4, 2)
+    side = round(view.read_size * view.read_downsample)
+    count = np.zeros((700 + 2 * side, 1000 + 2 * side), np.int32)
+    for x, y in every.reshape(-1, 2):
+        assert x >= 0 and y >= 0
+        count[y : y + side, x : x + side] += 1
+    assert (count[:700, :1000] == 1).all()
+    cell = (mh // 2) * mw + mw // 2
+    with pytest.raises(ValueError, match="generator"):
+        cells_to_locations(torch.tensor([[cell]]), (mh, mw), view, spec)
+    gen = torch.Generator().manual_seed(0)
+    n = 8000
+    drawn = cells_to_locations(torch.full((1, n), cell), (mh, mw), view, spec, gen)[0]
+    which = [every[cell].tolist().index(xy) for xy in drawn.tolist()]
+    counts = np.bincount(which, minlength=4)
+    assert np.abs(counts - n / 4).max() < 5 * math.sqrt(n * 0.25 * 0.75)
+    # predict_slide's draws read tiles of the grid, of the tile size
+    smp = sample_slide(view, build_model(spec, seed=0), n_draws=2, seed=0)
+    grid = {tuple(xy) for xy in every.reshape(-1, 2).tolist()}
+    assert {tuple(xy) for xy in smp.locations.reshape(-1, 2).tolist()} <= grid
+    assert read_slide_tiles(smp).shape[1:] == (64, 64, 3)
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_estimates_over_cells_of_whole_tiles_are_unbiased_for_the_mean_over_tiles(
+    tmp_path: Path, replace: bool
+) -> None:
+    """With 2 x 2 tiles a cell, the estimate from the drawn cells' chosen tiles has the expectation
+    ``sum_c a_c mean_{t in c} f(t)``: the mean of 4,000 independent estimates is within 4 of its
+    standard errors of it, with and without replacement."""
+    from wsi_ats.core import draw, estimate
+
+    path = write_pyramidal_tiff(tmp_path / "s.tiff", _image(700, 1000), tile=128, levels=3, mpp=0.5)
+    spec = PHYSICAL.replace(slide={"tiles_per_cell": 2})
+    view = view_slide(path, spec)
+    mh, mw = view.image.shape[0] // 4, view.image.shape[1] // 4
+    gen = torch.Generator().manual_seed(1)
+    att = torch.softmax(2 * torch.randn(1, mh * mw, generator=gen, dtype=torch.float64), 1)
+    every = cell_tile_locations(torch.arange(mh * mw)[None], (mh, mw), view, spec)[0]
+
+    def f(xy: np.ndarray) -> torch.Tensor:  # a value per tile, unlike within each cell
+        return torch.from_numpy(np.sin(xy[..., 0] / 37.0) + np.cos(xy[..., 1] / 23.0))[..., None]
+
+    truth = float((att[0] * f(every).mean(dim=1)[:, 0]).sum())
+    runs, n = 4000, 6
+    drawn = draw(att.expand(runs, -1), n, replace, gen)
+    locs = cells_to_locations(drawn.indices, (mh, mw), view, spec, gen)  # [runs, n, 2]
+    est = estimate(att.expand(runs, -1), drawn, f(locs))[:, 0]
+    se = float(est.std()) / math.sqrt(runs)
+    assert abs(float(est.mean()) - truth) < 4 * se
+
+
+def test_tiles_per_cell_needs_physical_geometry_without_lowres_mpp() -> None:
+    with pytest.raises(ConfigError, match="tiles_per_cell must be >= 1"):
+        PHYSICAL.replace(slide={"tiles_per_cell": 0})
+    for slide in ({"tile_mpp": 0.0}, {"lowres_mpp": 8.0}):
+        with pytest.raises(ConfigError, match="tiles_per_cell > 1 needs physical geometry"):
+            PHYSICAL.replace(slide={**slide, "tiles_per_cell": 2})
+
+
 def test_a_slide_without_plausible_mpp_is_an_error_unless_an_assumption_is_stated(
     tmp_path: Path,
 ) -> None:
@@ -185,9 +265,10 @@ def test_tiles_covering_less_than_half_of_their_cells_are_refused(
     assert "could never be sampled" in err and not out.exists()
 
 
-def test_training_and_prediction_in_physical_geometry(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tiles_per_cell", [1, 2])
+def test_training_and_prediction_in_physical_geometry(tmp_path: Path, tiles_per_cell: int) -> None:
     """Tiles read at level 0 and resized (0.8 um/px tiles on 0.5 um/px slides) through a training
-    epoch, validation and predict_slide."""
+    epoch, validation and predict_slide; with one tile a cell, and with 2 x 2."""
     from wsi_ats.inference import predict_slide
     from wsi_ats.training import train
 
@@ -198,14 +279,16 @@ def test_training_and_prediction_in_physical_geometry(tmp_path: Path) -> None:
                      "split": "train" if i < 4 else "val"})  # fmt: skip
     manifest = write_manifest(tmp_path / "m.csv", rows, ["slide_id", "path", "label", "split"])
     cfg = PHYSICAL.replace(
-        slide={"tile_mpp": 0.8, "tile_size": 24},
+        slide={"tile_mpp": 0.8, "tile_size": 24, "tiles_per_cell": tiles_per_cell},
         train={"epochs": 1, "batch_size": 2, "read_workers": 2, "val_draws": 1},
     )
     view = view_slide(rows[0]["path"], cfg)
     assert (view.read_level, view.read_size, view.tile_size) == (0, 38, 24)
+    assert view.scale == (38 * tiles_per_cell / 4,) * 2  # level-0 px per low-res px
     result = train(manifest, cfg, tmp_path / "run", progress=False)
     pred = predict_slide(rows[1]["path"], result.model_path)
     assert 0.0 <= pred.probability <= 1.0 and pred.tile_size_level0 == (38, 38)
+    assert pred.n_tiles_read > 0
 
 
 def test_the_view_of_a_slide_without_pyramid_is_streamed_in_bounded_reads(tmp_path: Path) -> None:

@@ -175,7 +175,7 @@ def physical_view(
     um, source = resolve_mpp(path, slide.mpp, mpp, sc.assume_mpp)
     geo = tile_geometry(
         slide.dimensions, slide.level_downsamples, um, sc.tile_mpp, sc.tile_size,
-        config.attention.map_stride, sc.lowres_mpp, source,
+        config.attention.map_stride, sc.lowres_mpp, source, sc.tiles_per_cell,
     )  # fmt: skip
     lr = view_at_downsample(slide, geo.view_downsample, geo.view_shape)
     return _slide_view(
@@ -209,11 +209,52 @@ def view_tensors(view: SlideView, device: torch.device) -> tuple[torch.Tensor, t
 
 
 def cells_to_locations(
+    indices: torch.Tensor,
+    map_size: tuple[int, int],
+    view: SlideView,
+    config: PipelineConfig,
+    generator: torch.Generator | None = None,
+) -> np.ndarray:
+    """Level-0 ``(x, y)`` top-left ``int64[..., n, 2]`` of the tiles of cells ``indices``: the
+    tile centred on each cell, or with ``slide.tiles_per_cell = k > 1`` one of the cell's ``k x k``
+    tiles (:func:`cell_tile_locations`), each with probability ``1 / k^2`` (drawn with
+    ``generator``, which is then required). A tile is thus drawn with its cell's probability over
+    ``k^2``: the estimators stay unbiased for the mean over tiles, and every tile can be read."""
+    k = config.slide.tiles_per_cell
+    if k == 1:
+        return _tile_block_locations(indices, map_size, view, config, 1)
+    if generator is None:
+        raise ValueError(f"slide.tiles_per_cell = {k}: a generator must choose the tiles")
+    every = cell_tile_locations(indices, map_size, view, config)  # [..., n, k * k, 2]
+    pick = torch.randint(k * k, tuple(indices.shape), generator=generator, device=generator.device)
+    pick = pick.cpu().numpy()[..., None, None]
+    return np.take_along_axis(every, np.broadcast_to(pick, (*pick.shape[:-1], 2)), -2)[..., 0, :]
+
+
+def cell_tile_locations(
     indices: torch.Tensor, map_size: tuple[int, int], view: SlideView, config: PipelineConfig
 ) -> np.ndarray:
-    """Level-0 ``(x, y)`` top-left ``int64[..., n, 2]`` of the tiles centred on cells ``indices``."""
+    """Level-0 ``(x, y)`` top-left ``int64[..., n, k * k, 2]`` of every tile of cells ``indices``
+    (``k = slide.tiles_per_cell``, row-major within the cell): the tiles that together cover it."""
+    k = config.slide.tiles_per_cell
+    block = _tile_block_locations(indices, map_size, view, config, k)  # [..., n, 2]
+    side = (view.read_size or config.slide.patch_size) * view.read_downsample
+    i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+    steps = np.stack([j.reshape(-1), i.reshape(-1)], axis=-1) * side  # (x, y) of tile (i, j)
+    return np.ceil(block[..., None, :] + steps - 1e-6).astype(np.int64)
+
+
+def _tile_block_locations(
+    indices: torch.Tensor,
+    map_size: tuple[int, int],
+    view: SlideView,
+    config: PipelineConfig,
+    k: int,
+) -> np.ndarray | torch.Tensor:
+    """Level-0 top-left of the ``k x k`` tile block centred on each cell: ``int64`` when ``k`` is
+    1 (the tile itself), else float64 (tiles are placed from it at multiples of the tile side)."""
     flat = indices.reshape(-1, indices.shape[-1])
-    p = view.read_size or config.slide.patch_size
+    p = k * (view.read_size or config.slide.patch_size)
     low_h, low_w = view.image.shape[:2]
     sy, sx = view.scale
     # extent of the view in read-level pixels: a streamed view (ceil(h / k) pixels of k) may reach
@@ -228,6 +269,8 @@ def cells_to_locations(
         config.sampling.receptive_field,
     )  # [B, n, 2] (y, x) at read level
     xy = offsets.flip(-1).double() * view.read_downsample
+    if k > 1:
+        return xy.numpy().reshape(*indices.shape, 2)
     # smallest level-0 pixel that maps back (floor(loc / ds)) onto the read-level offset; rounding
     # would land one read-level pixel early whenever it rounds down at a non-integer downsample
     return torch.ceil(xy - 1e-6).long().numpy().reshape(*indices.shape, 2)
@@ -312,7 +355,7 @@ def sample_slide(
         attention=att[0].float().cpu().numpy(),
         indices=indices.cpu().numpy().astype(np.int64),
         sampled_attention=sampled.float().cpu().numpy(),
-        locations=cells_to_locations(indices, map_size, view, cfg),
+        locations=cells_to_locations(indices, map_size, view, cfg, gen),
         tile_size=view_tile_size(view, cfg),
         read_level=view.read_level,
         replace=replace,

@@ -44,6 +44,8 @@ class SlideConfig:
     tile_mpp: float = 0.0  # um/px tiles are read at (physical mode); 0 = pixel mode
     tile_size: int = 256  # physical mode: tile side in pixels at ``tile_mpp``
     lowres_mpp: float = 0.0  # physical mode: um/px of the low-res view; 0 = one cell per tile
+    tiles_per_cell: int = 1  # physical mode: one cell = k x k tile footprints (a drawn cell reads
+    # one of its tiles, chosen uniformly); 1 = one tile per cell
     assume_mpp: float = 0.0  # physical mode: um/px assumed for a slide without a plausible mpp
 
     @property
@@ -391,6 +393,12 @@ def _validate(cfg: PipelineConfig) -> None:
         (cfg.slide.tile_size >= 8, "slide.tile_size must be >= 8"),
         (cfg.slide.lowres_mpp >= 0, "slide.lowres_mpp must be >= 0 (0 = one cell per tile)"),
         (cfg.slide.assume_mpp >= 0, "slide.assume_mpp must be >= 0 (0 = no assumption)"),
+        (cfg.slide.tiles_per_cell >= 1, "slide.tiles_per_cell must be >= 1"),
+        (
+            cfg.slide.tiles_per_cell == 1 or (cfg.slide.physical and cfg.slide.lowres_mpp == 0),
+            "slide.tiles_per_cell > 1 needs physical geometry (slide.tile_mpp > 0) and "
+            "slide.lowres_mpp = 0: the cells are then whole numbers of tile footprints",
+        ),
         (cfg.attention.width >= 1, "attention.width must be >= 1"),
         (cfg.attention.depth >= 1, "attention.depth must be >= 1"),
         (cfg.attention.prior >= 0, "attention.prior must be >= 0"),

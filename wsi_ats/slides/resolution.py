@@ -4,8 +4,8 @@ A spec in microns (tiles of ``tile_size`` px at ``tile_mpp`` um/px) becomes, for
 :class:`TileGeometry`: the pyramid level tiles are read at (the coarsest level at least as fine as
 ``tile_mpp``), the tile side in that level's pixels (resized to ``tile_size`` when the level's
 resolution differs by more than :data:`LEVEL_RTOL`), and the low-res view's downsample and shape,
-chosen so that one attention cell spans exactly one tile's footprint (or ``lowres_mpp x map_stride``
-microns when a spec says so). Pure arithmetic on the slide's metadata; nothing is read here.
+chosen so that one attention cell spans exactly one tile's footprint (or a whole number of them,
+``tiles_per_cell`` per side, or ``lowres_mpp x map_stride`` microns when a spec says so). Pure arithmetic on the slide's metadata; nothing is read here.
 """
 
 from __future__ import annotations
@@ -113,12 +113,13 @@ def tile_geometry(
     map_stride: int,
     lowres_mpp: float = 0.0,
     mpp_source: str = "slide",
+    tiles_per_cell: int = 1,
 ) -> TileGeometry:
     """The :class:`TileGeometry` of a slide of level-0 ``dimensions`` ``(w, h)`` at ``mpp`` um/px.
 
     Tiles: ``tile_size`` px at ``tile_mpp`` um/px, read at :func:`best_level` and resized when that
-    level is not within :data:`LEVEL_RTOL` of ``tile_mpp``. Cells: a tile's footprint
-    (``lowres_mpp = 0``) or ``lowres_mpp * map_stride`` um. The view has ``map_stride`` px per cell
+    level is not within :data:`LEVEL_RTOL` of ``tile_mpp``. Cells: ``tiles_per_cell`` x
+    ``tiles_per_cell`` tile footprints (``lowres_mpp = 0``) or ``lowres_mpp * map_stride`` um. The view has ``map_stride`` px per cell
     and whole cells, so it may overhang level 0 by less than a cell (read as white).
     """
     if mpp <= 0 or tile_mpp <= 0 or tile_size < 1 or map_stride < 1:
@@ -133,7 +134,9 @@ def tile_geometry(
         read_size = int(tile_size)
     else:
         read_size = max(1, round(tile_size * tile_ds / read_ds))
-    cell = lowres_mpp * map_stride / mpp if lowres_mpp > 0 else read_size * read_ds
+    if tiles_per_cell < 1:
+        raise ValueError(f"tiles_per_cell must be >= 1, got {tiles_per_cell}")
+    cell = lowres_mpp * map_stride / mpp if lowres_mpp > 0 else tiles_per_cell * read_size * read_ds
     w0, h0 = dimensions
     mh, mw = max(1, math.ceil(h0 / cell - 1e-9)), max(1, math.ceil(w0 / cell - 1e-9))
     return TileGeometry(

@@ -323,7 +323,7 @@ def plan_batch(
                 exploration = torch.from_numpy(e).to(model.device)[None]
             drawn = draw(att, n, replace, generator, settings.explore, exploration=exploration)
             e = exploration_proposal(att, 1.0, exploration=exploration)  # the measure alone
-            locs = cells_to_locations(drawn.indices, tuple(att.shape[1:]), view, cfg)[0]
+            locs = cells_to_locations(drawn.indices, tuple(att.shape[1:]), view, cfg, generator)[0]
             size, out_size = view_tile_size(view, cfg), view_out_size(view)
             fut = store.submit_tiles(view.path, locs, view.read_level, size, out_size)
             keys = None
