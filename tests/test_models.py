@@ -52,6 +52,7 @@ BAD_SPECS = [
     ('[train]\ncontrast_weighting = "uniform"\n', r"bad\.toml.*train\.contrast_weighting must be"),
     ("[train]\ncontrast_decay = 0.0\n", r"bad\.toml.*train\.contrast_decay must be in"),
     ("[train]\ninstance_scale = 0.0\n", r"bad\.toml.*train\.instance_scale must be > 0"),
+    ("[head]\nlogit_scale = -1.0\n", r"bad\.toml.*head\.logit_scale must be > 0"),
     ("[nonsense]\n", "unknown section"),
 ]
 
@@ -91,6 +92,8 @@ def test_feature_and_head_shapes() -> None:
     f = model.features(torch.rand(5, 3, 64, 64))
     assert f.shape == (5, model.config.features.dim)
     assert model.classify(f).shape == (5,)
+    scaled = build_model(PipelineConfig().replace(head={"logit_scale": 4.0}), seed=0)
+    torch.testing.assert_close(scaled.classify(f), 4.0 * model.classify(f))
 
 
 def test_pluggable_feature_net() -> None:

@@ -110,8 +110,11 @@ class SlideClassifier(nn.Module):
         return self.config.train.instance_scale * self.instance_head(features)[..., 0]
 
     def classify(self, aggregated: torch.Tensor) -> torch.Tensor:
-        """Slide logits ``[B]`` of aggregated features ``[B, D]``."""
-        return self.head(aggregated)
+        """Slide logits ``[B]`` of aggregated features ``[B, D]``: ``head.logit_scale`` x the
+        head's output."""
+        scale = self.config.head.logit_scale
+        out = self.head(aggregated)
+        return out if scale == 1.0 else scale * out
 
 
 def build_model(

@@ -110,6 +110,8 @@ class HeadConfig:
 
     hidden: int = 0  # width of a hidden layer; 0 = a single linear layer
     dropout: float = 0.0  # dropout before the last layer (training only)
+    logit_scale: float = 1.0  # the slide logit is this x the head's output (a pooled feature of
+    # L2-normalised tiles lies in the unit ball, so a linear head's logit is bounded by its weights)
 
 
 @dataclass(frozen=True)
@@ -439,6 +441,7 @@ def _validate(cfg: PipelineConfig) -> None:
         (cfg.sampling.receptive_field >= 0, "sampling.receptive_field must be >= 0"),
         (cfg.head.hidden >= 0, "head.hidden must be >= 0"),
         (0.0 <= cfg.head.dropout < 1.0, "head.dropout must be in [0, 1)"),
+        (cfg.head.logit_scale > 0, "head.logit_scale must be > 0"),
         (cfg.train.epochs >= 0, "train.epochs must be >= 0"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.lr > 0, "train.lr must be > 0"),
@@ -525,6 +528,7 @@ def _validate(cfg: PipelineConfig) -> None:
 #: fields whose default changed after checkpoints were written: (section, field) -> the value a
 #: checkpoint that does not record the field was trained with
 SAVED_BEFORE: dict[tuple[str, str], Any] = {
+    ("head", "logit_scale"): 1.0,
     ("attention", "activation"): "relu",
     ("train", "evidence_quantile"): 0.0,
     ("train", "balanced_batches"): False,
