@@ -250,9 +250,10 @@ def _tile_block_locations(
     view: SlideView,
     config: PipelineConfig,
     k: int,
-) -> np.ndarray | torch.Tensor:
-    """Level-0 top-left of the ``k x k`` tile block centred on each cell: ``int64`` when ``k`` is
-    1 (the tile itself), else float64 (tiles are placed from it at multiples of the tile side)."""
+) -> np.ndarray:
+    """Level-0 top-left ``[..., n, 2]`` of the ``k x k`` tile block centred on each cell: ``int64``
+    when ``k`` is 1 (the tile itself), else float64 (its tiles are placed at multiples of the tile
+    side from it, then rounded as one tile is)."""
     flat = indices.reshape(-1, indices.shape[-1])
     p = k * (view.read_size or config.slide.patch_size)
     low_h, low_w = view.image.shape[:2]
