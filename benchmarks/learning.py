@@ -90,6 +90,7 @@ COHORTS = {
 PLAIN = {
     "attention": {"activation": "relu", "stratum_scale": 0.0},
     "features": {"normalize": False},
+    "head": {"logit_scale": 1.0},
     "train": {
         "attention_lr": 1e-3, "control_variate": "none", "instance_coef": 0.0,
         "distill_coef": 0.0, "evidence_quantile": 0.0, "explore": 0.0, "n_patches_start": 0,
@@ -102,6 +103,7 @@ PLAIN = {
 #: the defaults before the contrast strata (found on the scored standard cohort, 10 epochs)
 PREVIOUS = {
     "attention": {"activation": "relu", "stratum_scale": 0.0},
+    "head": {"logit_scale": 1.0},
     "train": {
         "attention_lr": 3e-4, "distill_coef": 1.0, "explore": 0.9, "explore_epochs": 8,
         "explore_rarity": 1.0, "explore_context": 0, "evidence_quantile": 0.0,
@@ -118,6 +120,7 @@ MAIN_ROWS = {
     "3. prior 24 only, attention frozen": {
         # frozen: as in the last round (no stratum logits either: they would move the attention)
         "attention": {"prior": PRIOR, "activation": "relu", "stratum_scale": 0.0},
+        "head": {"logit_scale": 1.0},
         "train": {
             "attention_lr": 0.0,
             "distill_coef": 0.0,
@@ -194,6 +197,7 @@ ABLATION_ROWS = {
         {"train": {"contrast_weighting": "importance"}},
     ),
     "scale": ("- tile logit scale (instance_scale 1)", {"train": {"instance_scale": 1.0}}),
+    "head_scale": ("- slide logit scale (head.logit_scale 1)", {"head": {"logit_scale": 1.0}}),
     "batch4": ("4 slides per optimiser step (not 8)", {"train": {"batch_size": 4}}),
     "replay1024": ("1024 replayed tiles a step (not 256)", {"train": {"instance_replay": 1024}}),
     "noaugment": ("- augmentation of replayed tiles", {"train": {"augment": False}}),

@@ -243,8 +243,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> list[str]:
             f"tiles: {g['tile_size']} px at 0.5 um/px, read at level {g['read_level']} "
             f"(downsample {g['read_downsample']:g}) as {g['read_size']} px "
             f"({'resized' if g['read_size'] != g['tile_size'] else 'no resize'}); one attention "
-            f"cell = {g['cell_level0_px']:g} level-0 px = one tile footprint "
-            f"({g['tile_level0_px']:g} px); low-res view {g['view']} px in {r['view_s']:.2f} s, "
+            f"cell = {g['cell_level0_px']:g} level-0 px = "
+            f"{(k := g['cell_level0_px'] / g['tile_level0_px']):g} x {k:g} tile footprints of "
+            f"{g['tile_level0_px']:g} px; low-res view {g['view']} px in {r['view_s']:.2f} s, "
             f"{g['cells']} cells",
             f"share of tissue that can be sampled: {g['share']:.4%} of {g['points']:,} random "
             f"tissue points (pixel-geometry spec synthetic.toml on the same slide: {p['share']:.2%}"

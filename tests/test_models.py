@@ -92,8 +92,9 @@ def test_feature_and_head_shapes() -> None:
     f = model.features(torch.rand(5, 3, 64, 64))
     assert f.shape == (5, model.config.features.dim)
     assert model.classify(f).shape == (5,)
-    scaled = build_model(PipelineConfig().replace(head={"logit_scale": 4.0}), seed=0)
-    torch.testing.assert_close(scaled.classify(f), 4.0 * model.classify(f))
+    plain = build_model(PipelineConfig().replace(head={"logit_scale": 1.0}), seed=0)
+    scale = model.config.head.logit_scale
+    torch.testing.assert_close(model.classify(f), scale * plain.classify(f))
 
 
 def test_pluggable_feature_net() -> None:

@@ -110,7 +110,7 @@ class HeadConfig:
 
     hidden: int = 0  # width of a hidden layer; 0 = a single linear layer
     dropout: float = 0.0  # dropout before the last layer (training only)
-    logit_scale: float = 1.0  # the slide logit is this x the head's output (a pooled feature of
+    logit_scale: float = 10.0  # the slide logit is this x the head's output (a pooled feature of
     # L2-normalised tiles lies in the unit ball, so a linear head's logit is bounded by its weights)
 
 
