@@ -43,7 +43,7 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def dense(model, path: Path, slide_id: str):
-    """The slide's view, the exact probability ``sigmoid(head(sum_k a_k f_k))`` over every tissue
+    """The slide's view, the exact probability ``sigmoid(classify(sum_k a_k f_k))`` over every tissue
     cell (each cell's tile through the feature net), and the features of every cell (row = cell,
     -1 off tissue), so that draws can be scored without reading tiles again."""
     view = view_slide(path, CONFIG, slide_id)
@@ -54,10 +54,10 @@ def dense(model, path: Path, slide_id: str):
     with open_slide(path) as slide:
         tiles = read_tiles(slide, locs, smp.read_level, smp.tile_size)
     feats = tile_features(model, tiles)
-    head = copy.deepcopy(model.head).double()
+    exact_model = copy.deepcopy(model).double()  # the model's own slide logit, in float64
     with torch.no_grad():
         pooled = (att[cells][:, None] * torch.from_numpy(feats).double()).sum(0)
-        exact = float(torch.sigmoid(head(pooled[None]))[0])
+        exact = float(torch.sigmoid(exact_model.classify(pooled[None]))[0])
     row = np.full(att.numel(), -1)
     row[cells.numpy()] = np.arange(len(cells))
     return view, exact, feats, row
