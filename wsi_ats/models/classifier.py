@@ -112,9 +112,7 @@ class SlideClassifier(nn.Module):
     def classify(self, aggregated: torch.Tensor) -> torch.Tensor:
         """Slide logits ``[B]`` of aggregated features ``[B, D]``: ``head.logit_scale`` x the
         head's output."""
-        scale = self.config.head.logit_scale
-        out = self.head(aggregated)
-        return out if scale == 1.0 else scale * out
+        return self.config.head.logit_scale * self.head(aggregated)
 
 
 def build_model(
