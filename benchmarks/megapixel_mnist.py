@@ -28,10 +28,14 @@ Models (as in the paper's ``scripts/mnist.py``):
   appearance strata of the low-res cells (``appearance_strata``/``stratified_proposal``, strata
   fitted on 100 training canvases; each 180 x 180 map cell is one low-res pixel, so its descriptor
   is that pixel's intensity), importance-weighted ``draw``/``estimate`` with the leave-one-out
-  control variate, ``topk_instance_loss`` with ``k = 0`` (each sampled patch's 10-class logits
-  ``head(f_i)`` against the canvas label), ``evidence_likelihood_loss`` (the attention softmax
-  fitted to ``instance_evidence`` of the canvas label's class, weights ``1 / (K q)``), N annealed
-  from ``--n-start``, exploration decaying to 0, separate Adam groups (attention, features, head)
+  control variate, the per-patch 10-class logits ``10 x head(f_i)`` trained against the canvas
+  label on 256 patches a step replayed from a ``TileMemory`` of the last 4,000 patches read (400
+  per canvas label, so each step's instance loss sees every class alike, across hundreds of
+  canvases), the canvas loss kept off the feature network (the package's ``instance_memory``,
+  ``instance_replay``, ``slide_to_features = 0``, ``instance_scale`` and ``head.logit_scale``),
+  ``evidence_likelihood_loss`` (the attention softmax fitted to ``instance_evidence`` of the canvas
+  label's class, weights ``1 / (K q)``), N annealed from ``--n-start``, exploration decaying to 0,
+  separate Adam groups (attention, features, head)
   with the attention clipped on its own. Budgets count ``--clock`` time; the per-epoch evaluation
   on ``--epoch-eval`` test canvases is not counted. ``--dev`` evaluates on new canvases of the
   training digit pool instead (for tuning; written to the cache).
@@ -63,8 +67,9 @@ Usage (from the repository root, after ``pip install -e '.[bench]'``)::
     python benchmarks/megapixel_mnist.py --quick          # smoke run, about a minute
     python benchmarks/megapixel_mnist.py                  # the benchmark (about 80 minutes)
     python benchmarks/megapixel_mnist.py --eval-only      # re-evaluate the models it saved
-    python benchmarks/megapixel_mnist.py --remedies --threads 1 --lr 3e-3 --head-lr 1e-2 \
-        --rarity 2 --attention-lr 1e-3 --anneal-epochs 1   # remedies, no prior (30 min budget)
+    python benchmarks/megapixel_mnist.py --remedies --threads 1 --remedies-budget-min 60 \
+        --clock cpu --lr 3e-3 --head-lr 1e-3 --rarity 2 --attention-lr 1e-3 --anneal-epochs 1
+        # remedies, no prior: 60 minutes of this process's CPU time on one thread
 """
 
 from __future__ import annotations
@@ -111,6 +116,8 @@ from wsi_ats.core import (  # noqa: E402
     topk_instance_loss,
 )
 from wsi_ats.training.loop import exploration_schedule  # noqa: E402
+from wsi_ats.training.replay import TileMemory  # noqa: E402
+from wsi_ats.training.step import scale_gradient  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -359,6 +366,15 @@ class Remedies:
     # logits by the head's norm, which grows slowly at 1e-3)
     attention_lr: float = 3e-4  # Adam group of the attention network
     attention_clip: float = 1.0  # its own gradient-norm clip
+    logit_scale: float = 10.0  # canvas and patch logits = scale x head(f): the features are
+    # L2-normalised, so the head's logits are bounded by its weights' norm (the package's
+    # ``head.logit_scale`` and ``train.instance_scale``); argmax, hence inference, is unchanged
+    memory: int = 4000  # patches kept (``TileMemory``, 400 per canvas label; 0: none); the
+    # instance loss then trains on ``replay`` of them a step instead of the step's own patches
+    # (``train.instance_memory``, 4096 for two labels there)
+    replay: int = 256  # patches a step drawn from the memory, a tenth of each label
+    canvas_to_features: float = 0.0  # gradient of the canvas loss into the feature net
+    # (``train.slide_to_features``: with the memory the features learn from the replay only)
     control_variate: str = "loo"
     entropy: float = 1e-4  # the paper's entropy regulariser, kept
 
@@ -366,7 +382,8 @@ class Remedies:
 #: the Remedies fields that have a command-line flag of the same name
 REMEDY_FLAGS = (
     "explore", "explore_epochs", "strata", "rarity", "n_start", "anneal_epochs",
-    "instance_coef", "distill_coef", "lr", "head_lr", "attention_lr", "entropy",
+    "instance_coef", "distill_coef", "lr", "head_lr", "attention_lr", "entropy", "logit_scale",
+    "memory", "replay", "canvas_to_features",
 )  # fmt: skip
 
 
@@ -395,12 +412,16 @@ class RemediesTrainer:
       stratified exploration measure (``appearance_strata`` + ``stratified_proposal``), and the
       pooled features are the importance-weighted unbiased ``estimate`` (leave-one-out control
       variate; a running mean of pooled features where no other draw is left);
-    * loss = CE(head(estimate), label) - entropy x H(a)
-      + ``instance_coef`` x ``topk_instance_loss`` with ``k = 0``: every sampled patch's 10-class
-      logits ``head(f_i)`` against the canvas label;
+    * loss = CE(s x head(estimate), label) - entropy x H(a), ``s = logit_scale``
+      + ``instance_coef`` x the per-patch loss: with ``memory`` (the default) the cross-entropy
+      of ``s x head(f)`` towards the canvas label on ``replay`` patches drawn from the
+      :class:`~wsi_ats.training.replay.TileMemory` of patches read (a tenth of each label), the
+      step's own patches then going through the feature net without a graph when
+      ``canvas_to_features = 0``; without it, ``topk_instance_loss`` with ``k = 0`` on the step's
+      own patches;
       + ``distill_coef`` x ``evidence_likelihood_loss``: ``log_softmax`` of the attention logits
-      over all cells, at the drawn cells, fitted to ``instance_evidence(head(f_i), label)`` (the
-      multi-class form: the patch's odds for the canvas label over the prior 1/10), weights
+      over all cells, at the drawn cells, fitted to ``instance_evidence(s x head(f_i), label)``
+      (the multi-class form: the patch's odds for the canvas label over the prior 1/10), weights
       ``1 / (K q)`` (uniform measure over the K cells);
     * Adam with the attention network in its own group (``attention_lr``, own clip).
     """
@@ -419,6 +440,7 @@ class RemediesTrainer:
             ]
         )
         self.baseline: Tensor | None = None  # running mean of pooled features (no gradient)
+        self.memory = TileMemory(r.memory, classes=10) if r.memory > 0 else None
 
     def exploration(self, x_low: Tensor, grid: tuple[int, int]) -> Tensor:
         """The stratified exploration measure ``[B, K]`` of a batch of views."""
@@ -426,6 +448,21 @@ class RemediesTrainer:
         support = torch.ones(desc.shape[:2], dtype=torch.bool)
         ids = appearance_strata(desc, support, strata=self.strata)
         return stratified_proposal(ids, self.r.rarity)
+
+    def replay_loss(self, patches: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
+        """Add the step's patches ``[B, N, 1, p, p]`` (each with its canvas label) to the memory;
+        the instance cross-entropy on ``replay`` patches drawn from it, a tenth of each label
+        (0 until every label has patches)."""
+        stored = (patches * 255).round().to(torch.uint8).numpy()
+        for i, label in enumerate(y.tolist()):
+            self.memory.add(stored[i], label)
+        batch = self.memory.sample(self.r.replay, gen)
+        if batch is None:
+            return torch.zeros(())
+        tiles, labels = batch
+        x = torch.from_numpy(tiles).float() / 255
+        logits = self.r.logit_scale * self.model.head(self.model.ats.feature_net(x))
+        return F.cross_entropy(logits, torch.from_numpy(labels).long())
 
     def step(
         self,
@@ -453,13 +490,24 @@ class RemediesTrainer:
             patches = torch.stack(
                 [source.read_patches(i, offsets[i], ats.patch_size) for i in range(b)]
             )
-        feats = ats.feature_net(patches.reshape(b * n, *patches.shape[2:])).reshape(b, n, -1)
-        pooled = estimate(att, drawn, feats, r.control_variate, self.baseline)
-        logits = model.head(pooled)
+        own_graph = self.memory is None or r.canvas_to_features != 0
+        with torch.set_grad_enabled(own_graph):
+            feats = ats.feature_net(patches.reshape(b * n, *patches.shape[2:])).reshape(b, n, -1)
+        pooled = estimate(
+            att,
+            drawn,
+            scale_gradient(feats, r.canvas_to_features),
+            r.control_variate,
+            self.baseline,
+        )
+        logits = r.logit_scale * model.head(pooled)
         ce = F.cross_entropy(logits, y)
         loss = ce - r.entropy * multinomial_entropy(att).mean()
-        inst_logits = model.head(feats)  # [B, N, 10]
-        inst = topk_instance_loss(inst_logits, y, k=0)
+        inst_logits = r.logit_scale * model.head(feats)  # [B, N, 10]
+        if self.memory is None:
+            inst = topk_instance_loss(inst_logits, y, k=0)
+        else:
+            inst = self.replay_loss(patches, y, gen)
         evidence = instance_evidence(inst_logits, y)  # [B, N], no gradient
         log_att = torch.log_softmax(flat, dim=1).gather(1, drawn.indices)
         weights = 1.0 / (flat.shape[1] * drawn.proposal)

@@ -41,16 +41,20 @@ def small():
     )
 
 
-def test_remedies_step_trains_every_part_through_the_core(small):
+@pytest.mark.parametrize("memory", [0, 40], ids=["own-patches", "memory"])
+def test_remedies_step_trains_every_part_through_the_core(small, memory):
     torch.manual_seed(0)
     model = mm.MegapixelATS(n_patches=4)
-    r = mm.Remedies(strata=4)
+    r = mm.Remedies(strata=4, memory=memory, canvas_to_features=0.0 if memory else 1.0)
     strata = mm.fit_canvas_strata(small, 4, r, seed=0)
     trainer = mm.RemediesTrainer(model, r, strata)
     x_low, y, specs = small.batch(range(4))
     e = trainer.exploration(x_low, (36, 36))
     assert e.shape == (4, 36 * 36) and torch.allclose(e.sum(1), torch.ones(4))
     assert (e > 0).all()  # exploration covers every cell: the estimate stays unbiased
+    if memory:  # every label held, so the replay can draw a tenth of each
+        for label in range(10):
+            trainer.memory.add(np.full((1, 1, 50, 50), 25 * label, np.uint8), label)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(0)
     logits, stats = trainer.step(x_low, y, mm.CanvasPatchSource(small, specs), 6, 0.9, gen)
@@ -71,6 +75,29 @@ def test_remedies_step_trains_every_part_through_the_core(small):
     )
     assert [g["lr"] for g in trainer.opt.param_groups] == [r.attention_lr, r.lr, r.head_lr]
     assert trainer.baseline is not None and trainer.baseline.shape == (32,)
+    if memory:  # the step's 4 x 6 patches joined the memory under their canvases' labels
+        per_label = np.bincount(y.numpy(), minlength=10)
+        assert len(trainer.memory) == np.minimum(1 + 6 * per_label, 4).sum()  # 4 kept per label
+
+
+def test_remedies_memory_step_trains_the_features_on_the_replay_only(small):
+    """With the memory and ``canvas_to_features = 0`` the feature net's gradient comes from the
+    replayed patches alone: the same step with the replay's loss off leaves it unchanged."""
+    x_low, y, specs = small.batch(range(4))
+    changed = {}
+    for coef in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = mm.MegapixelATS(n_patches=4)
+        r = mm.Remedies(strata=4, memory=40, canvas_to_features=0.0, instance_coef=coef)
+        trainer = mm.RemediesTrainer(model, r, mm.fit_canvas_strata(small, 4, r, seed=0))
+        for label in range(10):
+            trainer.memory.add(np.full((1, 1, 50, 50), 25 * label, np.uint8), label)
+        before = [p.clone() for p in model.ats.feature_net.parameters()]
+        gen = torch.Generator().manual_seed(0)
+        trainer.step(x_low, y, mm.CanvasPatchSource(small, specs), 6, 0.9, gen)
+        after = list(model.ats.feature_net.parameters())
+        changed[coef] = any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert changed == {0.0: False, 1.0: True}
 
 
 def test_dev_canvases_come_from_the_training_digit_pool():

@@ -79,3 +79,34 @@ def test_memory_state_restores_what_it_holds_and_where_it_writes_next() -> None:
     assert len(empty) == 0 and empty.sample(4, torch.Generator()) is None
     with pytest.raises(ValueError, match="capacity 8"):
         TileMemory(capacity=8).load(memory.state())
+
+
+def test_memory_of_several_classes_draws_each_label_alike_and_restores() -> None:
+    """A multi-class bag label (Megapixel MNIST's ten digits): ``capacity // classes`` tiles kept
+    per label, each minibatch ``n // classes`` per label (the remainder from the last labels), none
+    until every label has tiles, and a state that only a memory of as many classes loads."""
+    memory = TileMemory(capacity=30, classes=3)  # 10 per label
+    assert memory.per_label == 10
+    memory.add(_tiles(range(0, 12)), 0)
+    memory.add(_tiles(range(50, 53)), 1)
+    assert memory.sample(9, torch.Generator().manual_seed(0)) is None  # label 2 has none yet
+    memory.add(_tiles(range(100, 104)), 2)
+    assert len(memory) == 10 + 3 + 4
+    tiles, labels = memory.sample(11, torch.Generator().manual_seed(0))
+    assert np.bincount(labels.astype(int), minlength=3).tolist() == [3, 4, 4]
+    values = tiles[:, 0, 0, 0]
+    assert set(values[labels == 0]) <= set(range(2, 12))  # the two oldest were overwritten
+    assert set(values[labels == 1]) <= {50, 51, 52} and set(values[labels == 2]) <= set(
+        range(100, 104)
+    )
+    with pytest.raises(ValueError, match="label must be in 0..2"):
+        memory.add(_tiles(range(2)), 3)
+    restored = TileMemory(capacity=30, classes=3)
+    restored.load(memory.state())
+    a = memory.sample(60, torch.Generator().manual_seed(4))
+    b = restored.sample(60, torch.Generator().manual_seed(4))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    with pytest.raises(ValueError, match="not 2 counts"):
+        TileMemory(capacity=30).load(memory.state())
+    with pytest.raises(ValueError, match="classes must be >= 2"):
+        TileMemory(capacity=30, classes=1)

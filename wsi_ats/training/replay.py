@@ -25,23 +25,35 @@ __all__ = ["TileMemory"]
 
 
 class TileMemory:
-    """Ring buffers of the last ``capacity // 2`` tiles of negative and of positive slides."""
+    """Ring buffers of the last ``capacity // classes`` tiles of each label (``classes = 2``:
+    negative and positive slides; more for a multi-class bag label)."""
 
-    def __init__(self, capacity: int) -> None:
-        if capacity < 2:
-            raise ValueError(f"capacity must be >= 2 tiles, got {capacity}")
-        self.per_label = capacity // 2
-        self._tiles: dict[int, np.ndarray | None] = {0: None, 1: None}
-        self._count = {0: 0, 1: 0}  # tiles ever added (the ring position is count % per_label)
+    def __init__(self, capacity: int, classes: int = 2) -> None:
+        if classes < 2:
+            raise ValueError(f"classes must be >= 2, got {classes}")
+        if capacity < classes:
+            raise ValueError(f"capacity must be >= {classes} tiles (one per label), got {capacity}")
+        self.classes = classes
+        self.per_label = capacity // classes
+        self._tiles: dict[int, np.ndarray | None] = dict.fromkeys(range(classes))
+        self._count = dict.fromkeys(
+            range(classes), 0
+        )  # tiles ever added (ring position: % per_label)
 
     def __len__(self) -> int:
         return sum(min(c, self.per_label) for c in self._count.values())
 
+    def _name(self, label: int) -> str:
+        """The key of ``label``'s tiles in :meth:`state`."""
+        if self.classes == 2:
+            return ("negative_tiles", "positive_tiles")[label]
+        return f"label{label}_tiles"
+
     def add(self, tiles: np.ndarray, label: int) -> None:
-        """Keep ``tiles`` (uint8 ``[n, h, w, 3]``) of a slide of ``label`` (0 or 1), the oldest
-        of that label dropped beyond the capacity."""
-        if label not in (0, 1):
-            raise ValueError(f"label must be 0 or 1, got {label}")
+        """Keep ``tiles`` (uint8 ``[n, h, w, c]``) of a bag of ``label`` (``0 .. classes - 1``),
+        the oldest of that label dropped beyond the capacity."""
+        if label not in self._count:
+            raise ValueError(f"label must be in 0..{self.classes - 1}, got {label}")
         buf = self._tiles[label]
         if buf is None:
             buf = self._tiles[label] = np.empty((self.per_label, *tiles.shape[1:]), np.uint8)
@@ -54,13 +66,16 @@ class TileMemory:
         self._count[label] += len(kept)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray] | None:
-        """``n`` tiles drawn uniformly with replacement, half from each label, and their labels
-        (float32 ``[n]``); ``None`` until both labels have tiles."""
+        """``n`` tiles drawn uniformly with replacement, ``n // classes`` from each label (the
+        remainder from the last labels), and their labels (float32 ``[n]``); ``None`` until every
+        label has tiles."""
         held = {label: min(c, self.per_label) for label, c in self._count.items()}
         if min(held.values()) == 0:
             return None
+        base, extra = divmod(n, self.classes)
         tiles, labels = [], []
-        for label, k in ((0, n // 2), (1, n - n // 2)):
+        for label in range(self.classes):
+            k = base + (label >= self.classes - extra)
             idx = torch.randint(held[label], (k,), generator=generator, device=generator.device)
             idx = idx.cpu().numpy()
             tiles.append(self._tiles[label][idx])
@@ -71,29 +86,31 @@ class TileMemory:
         """The held tiles of each label (uint8, in ring-slot order) and the counts of tiles ever
         added: what :meth:`load` restores. The tiles are views of the memory's buffers, not
         copies (805 MB at 4096 tiles of 256 px): save them before the memory changes."""
-        out = {"counts": torch.tensor([self._count[0], self._count[1]], dtype=torch.int64)}
-        for label, name in ((0, "negative_tiles"), (1, "positive_tiles")):
+        counts = [self._count[label] for label in range(self.classes)]
+        out = {"counts": torch.tensor(counts, dtype=torch.int64)}
+        for label in range(self.classes):
             buf = self._tiles[label]
             held = min(self._count[label], self.per_label)
             if buf is not None:
-                out[name] = torch.from_numpy(buf[:held])
+                out[self._name(label)] = torch.from_numpy(buf[:held])
         return out
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore :meth:`state` (of a memory of the same capacity); ``ValueError`` saying what
-        does not fit otherwise."""
+        """Restore :meth:`state` (of a memory of the same capacity and classes); ``ValueError``
+        saying what does not fit otherwise."""
         counts = state["counts"].tolist()
-        if len(counts) != 2 or min(counts) < 0:
-            raise ValueError(f"tile memory counts {counts} are not two counts")
-        tiles: dict[int, np.ndarray | None] = {0: None, 1: None}
-        for label, name in ((0, "negative_tiles"), (1, "positive_tiles")):
+        if len(counts) != self.classes or min(counts) < 0:
+            raise ValueError(f"tile memory counts {counts} are not {self.classes} counts")
+        tiles: dict[int, np.ndarray | None] = dict.fromkeys(range(self.classes))
+        for label in range(self.classes):
+            name = self._name(label)
             held = min(counts[label], self.per_label)
             saved = state.get(name)
             n = 0 if saved is None else int(saved.shape[0])
             if n != held or (saved is not None and saved.dtype != torch.uint8):
                 raise ValueError(
                     f"the tile memory's {name} hold {n} tiles, expected {held} uint8 tiles "
-                    f"(capacity {2 * self.per_label})"
+                    f"(capacity {self.classes * self.per_label})"
                 )
             if saved is not None:
                 tiles[label] = np.empty((self.per_label, *saved.shape[1:]), np.uint8)
@@ -101,4 +118,4 @@ class TileMemory:
         shapes = {t.shape[1:] for t in tiles.values() if t is not None}
         if len(shapes) > 1:
             raise ValueError(f"the tile memory's labels hold tiles of different shapes {shapes}")
-        self._tiles, self._count = tiles, {0: counts[0], 1: counts[1]}
+        self._tiles, self._count = tiles, dict(enumerate(counts))
