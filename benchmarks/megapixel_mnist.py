@@ -285,14 +285,19 @@ def train(
     seed: int,
     lr: float = 1e-3,
     clip: float = 1.0,
+    clock=time.perf_counter,
+    on_epoch=None,
 ) -> TrainLog:
-    """Adam + global-norm clipping; stops after ``max_epochs`` or when ``budget_s`` is spent."""
+    """Adam + global-norm clipping; stops after ``max_epochs`` or when ``budget_s`` of
+    ``clock()`` is spent (the time ``on_epoch(epoch)`` spends evaluating is not counted; the dict
+    it may return joins the epoch's history row)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = len(data.train)
-    start = time.perf_counter()
+    start, paused = clock(), 0.0
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
     steps, seen, history = 0, 0, []
     model.train()
     out_of_time = False
@@ -315,22 +320,30 @@ def train(
             losses.append(loss.item())
             correct += int((logits.argmax(1) == y).sum())
             count += len(y)
-            if time.perf_counter() - start > budget_s:
+            if clock() - start - paused > budget_s:
                 out_of_time = True
                 break
-        elapsed = time.perf_counter() - start
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "samples": seen,
-                "train_loss": float(np.mean(losses)),
-                "train_error": 1 - correct / max(count, 1),
-                "seconds": round(elapsed, 1),
-            }
-        )
+        elapsed = clock() - start - paused
+        row = {
+            "epoch": epoch + 1,
+            "samples": seen,
+            "train_loss": float(np.mean(losses)),
+            "train_error": 1 - correct / max(count, 1),
+            "seconds": round(elapsed, 1),
+        }
+        if on_epoch is not None:
+            t0 = clock()
+            row.update(on_epoch(epoch + 1) or {})
+            paused += clock() - t0
+            model.train()
+        row["wall_seconds"] = round(time.perf_counter() - t_wall, 1)
+        row["cpu_seconds"] = round(time.process_time() - t_cpu, 1)
+        history.append(row)
         print(
-            f"  [{method}] epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f} "
-            f"train error {history[-1]['train_error']:.3f} ({seen} samples, {elapsed:.0f} s)",
+            f"  [{method}] epoch {epoch + 1}: loss {row['train_loss']:.4f} "
+            f"train error {row['train_error']:.3f}"
+            + (f" test error {row['test_error']:.3f}" if "test_error" in row else "")
+            + f" ({seen} samples, {elapsed:.0f} s)",
             flush=True,
         )
         if out_of_time:
@@ -339,7 +352,7 @@ def train(
         method=method,
         epochs=seen / n,
         steps=steps,
-        seconds=time.perf_counter() - start,
+        seconds=clock() - start - paused,
         final_train_loss=history[-1]["train_loss"],
         history=history,
     )
@@ -852,6 +865,12 @@ def main(argv: list[str] | None = None) -> int:
         "attention sampling + remedies, no prior (--remedies: trains only this model)"
     )
     g.add_argument("--remedies", action="store_true")
+    g.add_argument(
+        "--baseline",
+        choices=["cnn", "paper"],
+        help="train only this comparison model (low-res CNN, or ATS with the paper's settings) "
+        "under --remedies-budget-min of --clock time, evaluated like --remedies",
+    )
     g.add_argument("--remedies-budget-min", type=float, default=30.0)
     g.add_argument(
         "--epoch-eval", type=int, default=500, help="test canvases evaluated after each epoch"
@@ -873,6 +892,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure:  # child process of measure_in_subprocess
         print(json.dumps(measure_cost(args.measure, args.batch_size)))
         return 0
+    if args.baseline:
+        return main_baseline(args)
     if args.remedies:
         return main_remedies(args)
     if args.quick:
@@ -940,6 +961,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(text)
     plot_error_vs_patches(curve, errors["cnn"], errors["paper"], args.prior, args.plot)
     print(f"wrote {args.out} and {args.plot}")
+    return 0
+
+
+def write_result(lines: list[str], out: Path, t_start: float) -> int:
+    """Print ``lines`` with the total wall time since ``t_start`` and write them to ``out``."""
+    text = "\n".join(lines) + f"\n(total wall time {time.perf_counter() - t_start:.0f} s)\n"
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
     return 0
 
 
@@ -1034,12 +1065,61 @@ def main_remedies(args) -> int:
         "megapixel_mnist.txt: same networks, same N)",
         "Training history: " + json.dumps(log.history, separators=(",", ":")),
     ]
-    text = "\n".join(lines) + f"\n(total wall time {time.perf_counter() - t_start:.0f} s)\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
-    return 0
+    return write_result(lines, args.out, t_start)
+
+
+def main_baseline(args) -> int:
+    """Train one comparison model on the remedies' budget and clock, evaluated the same way."""
+    if args.quick:
+        args.n_train, args.n_test, args.max_epochs = 96, 64, 2
+        args.remedies_budget_min, args.epoch_eval = 0.5, 64
+    out = CACHE if args.quick or args.dev else RESULTS
+    args.out = out / f"megapixel_mnist_{args.baseline}_{args.remedies_budget_min:g}min.txt"
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    t_start, load_start = time.perf_counter(), os.getloadavg()
+    data = make_data(args.n_train, args.n_test, args.seed, dev=args.dev)
+    torch.manual_seed(args.seed)
+    method = "cnn" if args.baseline == "cnn" else "ats"
+    model = LowResCNN() if method == "cnn" else MegapixelATS()
+    limit = args.epoch_eval
+
+    def on_epoch(epoch: int) -> dict:
+        if limit <= 0:
+            return {}
+        return {"test_error": test_error(method, model, data, n_patches=10, limit=limit)}
+
+    print(f"training {args.baseline} ...", flush=True)
+    log = train(
+        method, model, data, args.batch_size, args.max_epochs, 60 * args.remedies_budget_min,
+        args.seed, clock=clock, on_epoch=on_epoch,
+    )  # fmt: skip
+    error = test_error(method, model, data, n_patches=10)
+    what = "DEV canvases" if args.dev else "test canvases"
+    name = {"cnn": "low-res CNN (180 x 180)", "paper": "attention sampling, paper settings"}
+    lines = [
+        f"Megapixel MNIST: {name[args.baseline]}, budget {args.remedies_budget_min} min of "
+        f"{args.clock} time (evaluation after each epoch not counted)",
+        "command: " + " ".join(["python benchmarks/megapixel_mnist.py", *sys.argv[1:]]),
+        f"machine load (1-min load average): {load_start[0]:.1f} at start, "
+        f"{os.getloadavg()[0]:.1f} at the end; torch threads {torch.get_num_threads()}",
+        f"  {log.epochs:.2f} epochs, {log.steps} steps, {log.seconds / 60:.1f} min; batch "
+        f"{args.batch_size}, Adam 1e-3, clip 1",
+        "Per epoch:",
+        *(
+            f"  epoch {h['epoch']:>2}: train loss {h['train_loss']:.3f}, train error "
+            f"{100 * h['train_error']:.1f}%"
+            + (
+                f", {what} error {100 * h['test_error']:.1f}% (first {limit})"
+                if "test_error" in h
+                else ""
+            )
+            + f", {h['seconds'] / 60:.1f} min training, {h['wall_seconds'] / 60:.1f} min wall"
+            for h in log.history
+        ),
+        f"Final, all {len(data.test)} {what}: error {100 * error:.1f}%",
+        "Training history: " + json.dumps(log.history, separators=(",", ":")),
+    ]
+    return write_result(lines, args.out, t_start)
 
 
 def report(args, data, logs, errors, curve, costs, shares) -> list[str]:
