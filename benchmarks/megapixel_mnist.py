@@ -1045,8 +1045,13 @@ def main_remedies(args) -> int:
         "",
         "Model: the paper's architecture (attention net on the 180 x 180 view, feature net on 50 x 50",
         "patches, 10 patches without replacement, linear head), no prior; trained through wsi_ats.core",
-        "(draw, estimate, topk_instance_loss k=0 on the per-patch 10-class logits, instance_evidence",
-        "for the canvas label's class, evidence_likelihood_loss, appearance_strata/stratified_proposal).",
+        "(draw, estimate, instance_evidence for the canvas label's class, evidence_likelihood_loss,",
+        "appearance_strata/stratified_proposal) and the per-patch 10-class cross-entropy: "
+        + (
+            f"on {r.replay} patches a step replayed from a TileMemory of {r.memory} (a tenth per label)."
+            if r.memory > 0
+            else "topk_instance_loss k=0 on the step's own patches."
+        ),
         f"Recipe: {json.dumps(asdict(r))}",
         f"  train / eval canvases {len(data.train)} / {len(data.test)} ({what}); batch {args.batch_size};"
         f" Adam {r.lr:g} (features), {r.head_lr:g} (head), {r.attention_lr:g} (attention)",
