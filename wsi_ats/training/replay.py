@@ -36,9 +36,8 @@ class TileMemory:
         self.classes = classes
         self.per_label = capacity // classes
         self._tiles: dict[int, np.ndarray | None] = dict.fromkeys(range(classes))
-        self._count = dict.fromkeys(
-            range(classes), 0
-        )  # tiles ever added (ring position: % per_label)
+        # tiles ever added of each label (the ring position is count % per_label)
+        self._count = dict.fromkeys(range(classes), 0)
 
     def __len__(self) -> int:
         return sum(min(c, self.per_label) for c in self._count.values())
