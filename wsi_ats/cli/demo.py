@@ -25,7 +25,7 @@ DEMO_PIPELINE = {
     "sampling": {"n_patches": 32, "replace": False, "receptive_field": 0},
     "head": {"hidden": 0, "dropout": 0.0},
     "train": {
-        "epochs": 14, "batch_size": 2, "lr": 0.001, "weight_decay": 0.0, "entropy_coef": 0.0001,
+        "epochs": 10, "batch_size": 2, "lr": 0.001, "weight_decay": 0.0, "entropy_coef": 0.0001,
         "grad_clip": 1.0, "seed": 0, "read_workers": 4, "val_fraction": 0.2, "val_draws": 2,
         "explore_restarts": 1,
     },
