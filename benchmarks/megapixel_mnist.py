@@ -1078,8 +1078,9 @@ def main_baseline(args) -> int:
     if args.quick:
         args.n_train, args.n_test, args.max_epochs = 96, 64, 2
         args.remedies_budget_min, args.epoch_eval = 0.5, 64
-    out = CACHE if args.quick or args.dev else RESULTS
-    args.out = out / f"megapixel_mnist_{args.baseline}_{args.remedies_budget_min:g}min.txt"
+    if args.out == RESULTS / "megapixel_mnist.txt" or args.quick:  # --out not given
+        out = CACHE if args.quick or args.dev else RESULTS
+        args.out = out / f"megapixel_mnist_{args.baseline}_{args.remedies_budget_min:g}min.txt"
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     t_start, load_start = time.perf_counter(), os.getloadavg()
     data = make_data(args.n_train, args.n_test, args.seed, dev=args.dev)
