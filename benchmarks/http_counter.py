@@ -32,9 +32,8 @@ class _CountingWriter:
         self._raw, self._server = raw, server
 
     def write(self, data: bytes) -> int:
-        n = self._raw.write(data)
-        self._server._add(bytes_sent=len(data))
-        return n
+        self._server._add(bytes_sent=len(data))  # before the client can have it and read counts
+        return self._raw.write(data)
 
     def flush(self) -> None:
         self._raw.flush()
@@ -97,8 +96,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.end_headers()
         if body:
+            self.server._add(body_bytes=end - start)  # counted before it is sent (see write)
             self.wfile.write(data[start:end])
-            self.server._add(body_bytes=end - start)
 
     def _file(self) -> Path | None:
         rel = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")

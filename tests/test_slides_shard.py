@@ -157,17 +157,31 @@ def test_sharded_reads_over_http_are_exact_and_partial(tiff, sharded):
             np.testing.assert_array_equal(
                 remote.read_regions(locs, level, size), local.read_regions(locs, level, size)
             )
-        # one 64 x 64 tile inside one inner chunk: the shard index and that chunk, by range
+        # the slide keeps the shard indexes it read: one 64 x 64 tile inside one inner chunk of
+        # shard (0, 0) now costs that chunk's byte range only
         server.reset()
         tile = remote.read_region((64, 128), 0, (64, 64))
-        requests, body, sent = server.counts()
+        cached = server.counts()
+    with CountingHTTPServer(sharded) as server, open_slide(f"{server.url}/sharded.zarr") as fresh:
+        server.reset()  # opening reads the metadata
+        first = fresh.read_region((64, 128), 0, (64, 64))
+        uncached = server.counts()
+        # a 128 x 128 tile on inner chunks (0, 0), (0, 1), (1, 0), (1, 1): those stored lie one
+        # after another (Morton order), so one byte range for them
+        server.reset()
+        block = fresh.read_region((0, 0), 0, (128, 128))
+        merged = server.counts()
     np.testing.assert_array_equal(tile, image[128:192, 64:128])
+    np.testing.assert_array_equal(first, tile)
+    np.testing.assert_array_equal(block, image[:128, :128])
     shard_file = sharded / "sharded.zarr" / "0" / "c" / "0" / "0" / "0"
     index = _shard_index(shard_file, 16).reshape(4, 4, 2)
     chunk_bytes = int(index[2, 1, 1])  # inner chunk row 2, column 1
-    assert requests == 2
-    assert body == (16 * 16 + 4) + chunk_bytes  # index + one chunk, not the shard
-    assert body < shard_file.stat().st_size / 8 and sent > body  # headers are counted too
+    assert cached[:2] == (1, chunk_bytes)  # one request, that chunk's bytes
+    assert uncached[:2] == (2, (16 * 16 + 4) + chunk_bytes)  # + the index, not the shard
+    assert uncached[1] < shard_file.stat().st_size / 8 and uncached[2] > uncached[1]  # + headers
+    stored = index[:2, :2][index[:2, :2, 0] != np.iinfo(np.uint64).max]  # (0, 0) is white
+    assert merged[:2] == (1, int(stored[:, 1].sum()))  # cached index, one merged range
 
 
 def _raw_http(port: int, request: str) -> bytes:

@@ -2,9 +2,10 @@
 
 ``read_regions`` works out the chunks that cover the requested tiles, fetches each of them once per call
 (concurrently, in a per-slide thread pool) and assembles the tiles from them; nothing else is read.
-On a sharded (zarr v3) array the chunks are the inner chunks; the needed ones are fetched a rectangle
-per zarr call, each inside one shard, so that zarr reads that shard's index once for them and then
-only their byte ranges (one zarr call per inner chunk costs ~1 ms of overhead and an index read each).
+On a sharded (zarr v3) array the chunks are the inner chunks, all of a call read by one
+:class:`~wsi_ats.slides.shards.ShardedChunkReader` batch (cached shard indexes, one byte range per run
+of neighbouring chunks); a sharded layout it does not decode is read through zarr, a rectangle of
+chunks per call inside one shard (zarr then reads that shard's index once for them).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import zarr
 from .base import WHITE, PooledSlide, _as_locations, _as_size, _check_level, level_origin
 from .errors import SlideOpenError, SlideReadError, describe
 from .locations import is_url, local_path
+from .shards import ShardedChunkReader
 
 CHUNK_BUDGET_BYTES = 256 * 2**20  # decoded chunks held at once by one read_regions call
 HTTP_TIMEOUT_S = 60.0
@@ -54,6 +56,7 @@ class OmeZarrSlide(PooledSlide):
         scales = _yx_scales(ms, self._iy, self._ix, len(self._arrays))
         self._ds_xy = _downsamples(self._dims, scales)
         self._mpp = _mpp_from(ms, self._iy, self._ix, scales)
+        self._shard_readers = [self._shard_reader(a) for a in self._arrays]
         self._init_reads("wsi-ats-zarr")
 
     @property
@@ -136,7 +139,19 @@ class OmeZarrSlide(PooledSlide):
                     block[ya - y0 : yb - y0, xa - x0 : xb - x0]
                 )
 
+    def _shard_reader(self, arr: zarr.Array) -> ShardedChunkReader | None:
+        """Our reader for a sharded level whose inner chunks hold every channel, else None."""
+        if self._ic is not None and arr.metadata.zarr_format == 3 and arr.shards is not None:
+            inner = arr.metadata.codecs[0]
+            shape = getattr(inner, "chunk_shape", None)
+            if shape is None or int(shape[self._ic]) != int(arr.shape[self._ic]):
+                return None
+        return ShardedChunkReader.for_array(arr)
+
     def _fetch_many(self, level: int, keys: list[_Key]) -> list[np.ndarray]:
+        reader = self._shard_readers[level]
+        if reader is not None:
+            return self._read_inner(level, reader, keys)
         shards = self._arrays[level].shards
         if shards is None:
             return list(self._map(lambda k: self._fetch(level, k), keys))
@@ -150,6 +165,40 @@ class OmeZarrSlide(PooledSlide):
             for r, c in _rect_keys(rect):  # per-chunk views of the rectangle
                 blocks[(r, c)] = block[(r - r0) * cy : (r - r0 + 1) * cy, (c - c0) * cx :][:, :cx]
         return [blocks[k] for k in keys]
+
+    def _read_inner(
+        self, level: int, reader: ShardedChunkReader, keys: list[_Key]
+    ) -> list[np.ndarray]:
+        """Inner chunks ``keys`` of a sharded ``level`` in one reader batch, as ``[bh, bw, C]``
+        views cropped to the level (index 0 of any ``t``/``z`` axis)."""
+        ndim = len(self._axes)
+        coords = []
+        for r, c in keys:
+            at = [0] * ndim
+            at[self._iy], at[self._ix] = r, c
+            coords.append(tuple(at))
+        try:
+            chunks = reader.read(coords)
+        except Exception as exc:  # the store, its transport and the codecs raise many types
+            raise SlideReadError(
+                self.path,
+                f"cannot read {len(keys)} inner chunks of level {level} ({describe(exc)})",
+            ) from exc
+        read = {self._iy, self._ix, self._ic}
+        sel = tuple(slice(None) if i in read else 0 for i in range(ndim))
+        kept = [a for i, a in enumerate(self._axes) if i in read]
+        (lw, lh), (cy, cx) = self._dims[level], self._chunk_yx(level)
+        return [
+            self._as_yxc(chunk[sel], kept)[: lh - r * cy, : lw - c * cx]
+            for (r, c), chunk in zip(keys, chunks, strict=True)
+        ]
+
+    def _as_yxc(self, block: np.ndarray, kept: list[str]) -> np.ndarray:
+        """``block`` with axes ``kept`` (y, x and the channel axis, if any) as ``[h, w, C]``."""
+        if self._ic is None:
+            return block[..., None] if kept == ["y", "x"] else block.T[..., None]
+        order = [kept.index("y"), kept.index("x"), kept.index(self._axes[self._ic])]
+        return block.transpose(order)
 
     def _fetch(self, level: int, key: _Key) -> np.ndarray:
         """Chunk ``key=(row, col)`` of ``level`` as a ``[bh, bw, C]`` view (C = channels)."""
@@ -175,11 +224,9 @@ class OmeZarrSlide(PooledSlide):
             raise SlideReadError(
                 self.path, f"cannot read chunk {where} of level {level} ({describe(exc)})"
             ) from exc
-        kept = [a for i, a in enumerate(self._axes) if isinstance(sel[i], slice)]
-        if self._ic is None:
-            return block[..., None] if kept == ["y", "x"] else block.T[..., None]
-        order = [kept.index("y"), kept.index("x"), kept.index(self._axes[self._ic])]
-        return block.transpose(order)
+        return self._as_yxc(
+            block, [a for i, a in enumerate(self._axes) if isinstance(sel[i], slice)]
+        )
 
 
 def _rect_keys(rect: _Rect) -> list[_Key]:
