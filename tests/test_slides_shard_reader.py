@@ -105,7 +105,9 @@ def test_corrupt_shard_index_fails_the_read_naming_the_slide(tmp_path):
 
     from wsi_ats.slides import convert_to_ome_zarr
 
-    src = write_pyramidal_tiff(tmp_path / "s.tiff", test_image(256, 256, seed=3), tile=128, levels=1)
+    src = write_pyramidal_tiff(
+        tmp_path / "s.tiff", test_image(256, 256, seed=3), tile=128, levels=1
+    )
     out = tmp_path / "bad.zarr"
     convert_to_ome_zarr(src, out, chunk_size=64, ngff_version="0.5", levels=1, shard_size=128)
     shard = out / "0" / "c" / "0" / "0" / "0"
