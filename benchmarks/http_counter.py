@@ -112,6 +112,8 @@ class CountingHTTPServer(http.server.ThreadingHTTPServer):
     (``start()`` or ``with``); counts requests, body bytes and all bytes sent."""
 
     daemon_threads = True
+    request_queue_size = 256  # listen backlog: socketserver's 5 drops concurrent connects (1 s
+    # SYN retries), which a client opening tens of keep-alive connections at once runs into
 
     def __init__(self, root: str | os.PathLike[str], port: int = 0) -> None:
         super().__init__(("127.0.0.1", port), _Handler)

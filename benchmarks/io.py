@@ -40,6 +40,7 @@ REMOTE = (
     ("shard 1024/32", 32, 1024),
 )
 LATENCY_S = 0.01  # per request, for the "t/s @10ms" column
+RATIO_KEYS = ("tps_batch", "tps_single", "tps_latency", "local", "req_batch", "req_single")
 
 
 def make_inputs(work: Path, size: int, chunks: tuple[int, ...]) -> tuple[Path, dict[int, Path]]:
@@ -84,10 +85,13 @@ def make_remote_inputs(
 
 
 class DecodeCounter:
-    """Counts the bytes zarr v3's zstd codec decodes (every chunk, inner chunks of shards included)."""
+    """Counts the bytes decoded from zstd (every chunk, inner chunks of shards included): by zarr
+    v3's zstd codec, and by ``ShardedChunkReader`` (which decodes inner chunks itself)."""
 
     def __init__(self) -> None:
         from zarr.codecs.zstd import ZstdCodec
+
+        from wsi_ats.slides.shards import ShardedChunkReader
 
         self.cls, self.original, self.nbytes, self.chunks = (
             ZstdCodec,
@@ -95,9 +99,10 @@ class DecodeCounter:
             0,
             0,
         )
+        self.reader_cls, self.reader_original = ShardedChunkReader, ShardedChunkReader._chunk
 
     def __enter__(self) -> DecodeCounter:
-        original = self.original
+        original, reader_original = self.original, self.reader_original
 
         async def spy(codec, chunk_bytes, chunk_spec):
             buf = await original(codec, chunk_bytes, chunk_spec)
@@ -105,22 +110,33 @@ class DecodeCounter:
             self.chunks += 1
             return buf
 
+        def reader_spy(reader, raw):
+            block = reader_original(reader, raw)
+            self.nbytes += block.nbytes
+            self.chunks += 1
+            return block
+
         self.cls._decode_single = spy
+        self.reader_cls._chunk = reader_spy
         return self
 
     def __exit__(self, *exc) -> None:
         self.cls._decode_single = self.original
+        self.reader_cls._chunk = self.reader_original
 
 
-def remote_row(url: str, server, locs: np.ndarray, threads: int) -> dict[str, float]:
+def remote_row(
+    url: str, server, locs: np.ndarray, threads: int, merged: bool = True
+) -> dict[str, float]:
     """Read ``locs`` over HTTP from ``url`` twice (one ``read_regions`` call; one tile per call):
     decoded bytes, bytes sent and requests per tile, and tiles/s of each; then tiles/s of one
-    ``read_regions`` call with ``LATENCY_S`` added to every request."""
-    from wsi_ats.slides import open_slide
+    ``read_regions`` call with ``LATENCY_S`` added to every request. ``merged=False``: sharded
+    levels read through zarr alone (no ``ShardedChunkReader``)."""
+    from wsi_ats.slides.zarr_backend import OmeZarrSlide
 
     n, tile_bytes = len(locs), TILE * TILE * 3
     row: dict[str, float] = {}
-    with open_slide(url) as z:
+    with OmeZarrSlide(url, merged_shard_reads=merged) as z:
         z.read_threads = threads
         z.read_region((0, 0), 0, (16, 16))  # warm: HTTP session, pool
         for mode in ("batch", "single"):
@@ -149,11 +165,11 @@ def remote_row(url: str, server, locs: np.ndarray, threads: int) -> dict[str, fl
     return row
 
 
-def local_pool_tps(path: Path, locs: np.ndarray, threads: int) -> float:
+def local_pool_tps(path: Path, locs: np.ndarray, threads: int, merged: bool = True) -> float:
     """Tiles/s of one local ``read_regions`` call over ``locs``."""
-    from wsi_ats.slides import open_slide
+    from wsi_ats.slides.zarr_backend import OmeZarrSlide
 
-    with open_slide(path) as z:
+    with OmeZarrSlide(path, merged_shard_reads=merged) as z:
         z.read_region((0, 0), 0, (16, 16))
         return 1 / time_batched(z, locs, threads)
 
@@ -166,15 +182,19 @@ def remote_lines(
 
     paths = make_remote_inputs(work, tiff, size, layouts)
     locs = tissue_locations(tiff, n, 101)
-    rows = []
+    rows, ratios = [], []
     with CountingHTTPServer(work / "remote") as server:
-        for label, _, _ in layouts:
+        for label, _, shard in layouts:
             path = paths[label]
-            row = remote_row(f"{server.url}/{path.name}", server, locs, threads)
-            row["local"] = local_pool_tps(path, locs, threads)
-            row["files"] = sum(1 for p in (path / "0").rglob("*") if p.is_file()) - 1
-            row["mb"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
-            rows.append((label, row))
+            for merged in (True, False) if shard else (True,):
+                row = remote_row(f"{server.url}/{path.name}", server, locs, threads, merged)
+                row["local"] = local_pool_tps(path, locs, threads, merged)
+                row["files"] = sum(1 for p in (path / "0").rglob("*") if p.is_file()) - 1
+                row["mb"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+                rows.append((label if merged else "  via zarr", row))
+            if shard:
+                ours, theirs = rows[-2][1], rows[-1][1]
+                ratios.append((label, {k: ours[k] / theirs[k] for k in RATIO_KEYS}))
     lines = [
         "",
         "remote: NGFF 0.5 (zarr v3, zstd 3) over HTTP from a local counting server (127.0.0.1, same",
@@ -202,8 +222,24 @@ def remote_lines(
         "second over HTTP; t/s @10ms: the batch call again with 10 ms waited before every answer",
         "(a remote store's round trip); local pool: one read_regions call on the folder, from disk.",
         "L0 files: files of level 0 (chunks or shards); MiB: the whole pyramid on disk.",
+        "Sharded rows: read by ShardedChunkReader (one byte range per run of neighbouring inner",
+        "chunks, shard indexes cached); 'via zarr': the same slide with merged_shard_reads=False.",
         "Goals (issue 12): amp <= 2 and HTTP/tile <= 2.",
     ]
+    if ratios:
+        lines += [
+            "",
+            "ShardedChunkReader / zarr alone, same tiles, measured in this run (tiles/s ratios;",
+            "requests per tile: zarr's / ours)",
+            f"{'layout':<16}{'http batch':>11}{'http single':>12}{'@10ms':>7}{'local':>7}"
+            f"{'fewer req batch':>16}{'fewer req single':>17}",
+        ]
+        for label, q in ratios:
+            lines.append(
+                f"{label:<16}{q['tps_batch']:>10.1f}x{q['tps_single']:>11.1f}x"
+                f"{q['tps_latency']:>6.1f}x{q['local']:>6.1f}x"
+                f"{1 / q['req_batch']:>15.1f}x{1 / q['req_single']:>16.1f}x"
+            )
     return lines
 
 
@@ -305,17 +341,29 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, nargs="+", default=list(CHUNKS))
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/_cache/io"))
     parser.add_argument("--remote-only", action="store_true", help="only the remote (HTTP) section")
+    parser.add_argument(
+        "--layouts",
+        nargs="+",
+        default=None,
+        help="labels of the remote layouts to measure (default: all), e.g. 'plain 512' 'shard 1024/64'",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     from wsi_ats.slides import open_slide
 
     n = args.tiles
+    layouts = REMOTE
+    if args.layouts:
+        unknown = set(args.layouts) - {label for label, _, _ in REMOTE}
+        if unknown:
+            parser.error(f"unknown layouts {sorted(unknown)}; known: {[r[0] for r in REMOTE]}")
+        layouts = tuple(r for r in REMOTE if r[0] in args.layouts)
     if args.remote_only:
         tiff, _ = make_inputs(args.workdir, args.size, ())
         lines = [f"io benchmark (remote only): {args.size} x {args.size} synthetic slide, "]
         lines[0] += f"{os.cpu_count()} CPUs"
-        lines += remote_lines(tiff, args.workdir, args.size, n, args.threads, REMOTE)
+        lines += remote_lines(tiff, args.workdir, args.size, n, args.threads, layouts)
         return emit(lines, args.out)
     tiff, zarrs = make_inputs(args.workdir, args.size, tuple(args.chunks))
     lines = [
@@ -366,7 +414,7 @@ def main() -> int:
         "(fill-value) chunks cost nothing). amp 1 tile: expected for an isolated tile at a uniform",
         "random offset, ((256 + c - 1) / 256)^2. pool/floor: batched per-tile wall time over the floor.",
     ]
-    lines += remote_lines(tiff, args.workdir, args.size, n, args.threads, REMOTE)
+    lines += remote_lines(tiff, args.workdir, args.size, n, args.threads, layouts)
     return emit(lines, args.out)
 
 

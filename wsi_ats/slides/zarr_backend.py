@@ -39,8 +39,12 @@ class OmeZarrSlide(PooledSlide):
     """
 
     def __init__(
-        self, path_or_url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+        self,
+        path_or_url: str | os.PathLike[str],
+        storage_options: dict[str, Any] | None = None,
+        merged_shard_reads: bool = True,
     ) -> None:
+        """``merged_shard_reads=False`` reads sharded levels through zarr alone (for comparison)."""
         self.path = str(path_or_url)
         group = _open_group(self.path, storage_options)
         attrs, group = _image_attrs(self.path, group)
@@ -56,7 +60,9 @@ class OmeZarrSlide(PooledSlide):
         scales = _yx_scales(ms, self._iy, self._ix, len(self._arrays))
         self._ds_xy = _downsamples(self._dims, scales)
         self._mpp = _mpp_from(ms, self._iy, self._ix, scales)
-        self._shard_readers = [self._shard_reader(a) for a in self._arrays]
+        self._shard_readers = [
+            self._shard_reader(a) if merged_shard_reads else None for a in self._arrays
+        ]
         self._init_reads("wsi-ats-zarr")
 
     @property
