@@ -8,8 +8,11 @@ resource load the page reports in :attr:`Browser.errors`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -55,7 +58,9 @@ class Browser:
             "--remote-debugging-port=0",
             "about:blank",
         ]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(  # its own process group: close() ends its helpers too
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         port = self._wait_port(Path(self._profile.name) / "DevToolsActivePort")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
             targets = json.load(r)
@@ -155,4 +160,19 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-            self._profile.cleanup()
+            self._end_helpers_and_remove_profile()
+
+    def _end_helpers_and_remove_profile(self) -> None:
+        """Kill what is left of the browser's process group (zygote, GPU and crash handlers can
+        outlive the main process and still write to the profile), then remove the profile."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # none left
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        for _ in range(50):  # a helper's last writes can land just after the kill
+            try:
+                shutil.rmtree(self._profile.name)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)
+        self._profile.cleanup()
