@@ -516,7 +516,8 @@ class RemediesTrainer:
         logits = r.logit_scale * model.head(pooled)
         ce = F.cross_entropy(logits, y)
         loss = ce - r.entropy * multinomial_entropy(att).mean()
-        inst_logits = r.logit_scale * model.head(feats)  # [B, N, 10]
+        with torch.set_grad_enabled(self.memory is None):  # else only the evidence uses them
+            inst_logits = r.logit_scale * model.head(feats)  # [B, N, 10]
         if self.memory is None:
             inst = topk_instance_loss(inst_logits, y, k=0)
         else:
