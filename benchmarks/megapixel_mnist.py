@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -390,13 +391,15 @@ class Remedies:
     # (``train.slide_to_features``: with the memory the features learn from the replay only)
     control_variate: str = "loo"
     entropy: float = 1e-4  # the paper's entropy regulariser, kept
+    lr_schedule: str = "constant"  # or "cosine": every group's rate x (1 + cos(pi t)) / 2, t the
+    # share of the training budget spent (time budgets: the schedule follows the clock)
 
 
 #: the Remedies fields that have a command-line flag of the same name
 REMEDY_FLAGS = (
     "explore", "explore_epochs", "strata", "rarity", "n_start", "anneal_epochs",
     "instance_coef", "distill_coef", "lr", "head_lr", "attention_lr", "entropy", "logit_scale",
-    "memory", "replay", "canvas_to_features",
+    "memory", "replay", "canvas_to_features", "lr_schedule",
 )  # fmt: skip
 
 
@@ -406,6 +409,15 @@ def epoch_schedule(r: Remedies, n_patches: int, epoch: int) -> tuple[int, float]
     return exploration_schedule(
         epoch, n_patches, r.n_start, r.anneal_epochs, r.explore, r.explore_epochs
     )
+
+
+def lr_factor(schedule: str, spent: float) -> float:
+    """The learning-rate multiplier of ``schedule`` when ``spent`` (0 to 1) of the budget is used."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(spent, 0.0), 1.0)))
+    raise ValueError(f"unknown lr_schedule {schedule!r} (constant or cosine)")
 
 
 def fit_canvas_strata(dataset: MegapixelMNIST, n_canvases: int, r: Remedies, seed: int):
@@ -567,6 +579,7 @@ def train_remedies(
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     strata = fit_canvas_strata(data.train, 100, r, seed)
     trainer = RemediesTrainer(model, r, strata)
+    base_lrs = [g["lr"] for g in trainer.opt.param_groups]
     steps, seen, history, paused = 0, 0, [], 0.0
     model.train()
     out_of_time = False
@@ -578,6 +591,9 @@ def train_remedies(
         correct = count = 0
         for b0 in range(0, n_total, batch_size):
             x_low, y, specs = data.train.batch(perm[b0 : b0 + batch_size])
+            factor = lr_factor(r.lr_schedule, (clock() - start - paused) / budget_s)
+            for group, base in zip(trainer.opt.param_groups, base_lrs, strict=True):
+                group["lr"] = base * factor
             logits, stats = trainer.step(
                 x_low, y, CanvasPatchSource(data.train, specs), n, explore, gen
             )

@@ -104,3 +104,13 @@ def test_dev_canvases_come_from_the_training_digit_pool():
     data = mm.make_data(4, 4, seed=0, dev=True)
     assert np.array_equal(data.test.images, data.train.images)
     assert data.test.seed not in (data.train.seed, mm.make_data(4, 4, seed=0).test.seed)
+
+
+def test_lr_factor_schedules():
+    assert mm.lr_factor("constant", 0.7) == 1.0
+    assert mm.lr_factor("cosine", 0.0) == pytest.approx(1.0)
+    assert mm.lr_factor("cosine", 0.5) == pytest.approx(0.5)
+    assert mm.lr_factor("cosine", 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert mm.lr_factor("cosine", 1.3) == pytest.approx(0.0, abs=1e-12)  # past the budget
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        mm.lr_factor("linear", 0.5)
