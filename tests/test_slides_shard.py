@@ -90,6 +90,19 @@ def test_sharded_reads_equal_plain_chunks_at_every_level(sharded):
             np.testing.assert_array_equal(via_zarr.read_regions(locs, level, size), want)
 
 
+def test_without_the_reader_zarr_reads_the_shards(sharded, monkeypatch):
+    """A zarr release without the internals the reader imports leaves zarr's own shard reads."""
+    from wsi_ats.slides import zarr_backend
+
+    locs = np.array([[0, 0], [300, 100], [640, 256]])
+    with open_slide(sharded / "sharded.zarr") as sh:
+        want = sh.read_regions(locs, 0, (150, 130))
+    monkeypatch.setattr(zarr_backend, "ShardedChunkReader", None)
+    with open_slide(sharded / "sharded.zarr") as sh:
+        assert sh._shard_readers == [None, None]
+        np.testing.assert_array_equal(sh.read_regions(locs, 0, (150, 130)), want)
+
+
 def test_shard_rects_cover_the_keys_exactly_within_shards():
     rng = np.random.default_rng(0)
     for _ in range(50):

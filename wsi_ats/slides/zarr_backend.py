@@ -20,7 +20,11 @@ import zarr
 from .base import WHITE, PooledSlide, _as_locations, _as_size, _check_level, level_origin
 from .errors import SlideOpenError, SlideReadError, describe
 from .locations import is_url, local_path
-from .shards import ShardedChunkReader
+
+try:  # the reader uses zarr internals (zarr.core.sync); a zarr that moved them reads shards itself
+    from .shards import ShardedChunkReader
+except ImportError:  # pragma: no cover - depends on the installed zarr
+    ShardedChunkReader = None  # type: ignore[assignment,misc]
 
 CHUNK_BUDGET_BYTES = 256 * 2**20  # decoded chunks held at once by one read_regions call
 HTTP_TIMEOUT_S = 60.0
@@ -147,6 +151,8 @@ class OmeZarrSlide(PooledSlide):
 
     def _shard_reader(self, arr: zarr.Array) -> ShardedChunkReader | None:
         """Our reader for a sharded level whose inner chunks hold every channel, else None."""
+        if ShardedChunkReader is None:
+            return None
         if self._ic is not None and arr.metadata.zarr_format == 3 and arr.shards is not None:
             inner = arr.metadata.codecs[0]
             shape = getattr(inner, "chunk_shape", None)
