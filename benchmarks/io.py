@@ -216,7 +216,7 @@ def remote_lines(
         )
     lines += [
         "",
-        "amp: bytes decoded by zarr's zstd codec / bytes of the tiles (256*256*3 each); absent",
+        "amp: bytes zstd-decoded (by zarr or the shard reader) / bytes of the tiles (256*256*3 each); absent",
         "(fill-value) chunks are never decoded. HTTP/tile: all bytes the server sent (status lines,",
         "headers, bodies) / bytes of the tiles. req/tile: HTTP requests / tiles. http t/s: tiles per",
         "second over HTTP; t/s @10ms: the batch call again with 10 ms waited before every answer",
