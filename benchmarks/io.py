@@ -125,18 +125,27 @@ class DecodeCounter:
         self.reader_cls._chunk = self.reader_original
 
 
+def open_zarr(path: str | Path, merged: bool, merge_gap: int | None):
+    """An ``OmeZarrSlide``; ``merge_gap`` (bytes) replaces its shard readers' default."""
+    from wsi_ats.slides.zarr_backend import OmeZarrSlide
+
+    z = OmeZarrSlide(path, merged_shard_reads=merged)
+    for reader in z._shard_readers:
+        if reader is not None and merge_gap is not None:
+            reader.merge_gap = merge_gap
+    return z
+
+
 def remote_row(
-    url: str, server, locs: np.ndarray, threads: int, merged: bool = True
+    url: str, server, locs: np.ndarray, threads: int, merged: bool = True, merge_gap=None
 ) -> dict[str, float]:
     """Read ``locs`` over HTTP from ``url`` twice (one ``read_regions`` call; one tile per call):
     decoded bytes, bytes sent and requests per tile, and tiles/s of each; then tiles/s of one
     ``read_regions`` call with ``LATENCY_S`` added to every request. ``merged=False``: sharded
-    levels read through zarr alone (no ``ShardedChunkReader``)."""
-    from wsi_ats.slides.zarr_backend import OmeZarrSlide
-
+    levels read through zarr alone (no ``ShardedChunkReader``); ``merge_gap``: its byte gap."""
     n, tile_bytes = len(locs), TILE * TILE * 3
     row: dict[str, float] = {}
-    with OmeZarrSlide(url, merged_shard_reads=merged) as z:
+    with open_zarr(url, merged, merge_gap) as z:
         z.read_threads = threads
         z.read_region((0, 0), 0, (16, 16))  # warm: HTTP session, pool
         for mode in ("batch", "single"):
@@ -165,19 +174,20 @@ def remote_row(
     return row
 
 
-def local_pool_tps(path: Path, locs: np.ndarray, threads: int, merged: bool = True) -> float:
+def local_pool_tps(
+    path: Path, locs: np.ndarray, threads: int, merged: bool = True, merge_gap=None
+) -> float:
     """Tiles/s of one local ``read_regions`` call over ``locs``."""
-    from wsi_ats.slides.zarr_backend import OmeZarrSlide
-
-    with OmeZarrSlide(path, merged_shard_reads=merged) as z:
+    with open_zarr(path, merged, merge_gap) as z:
         z.read_region((0, 0), 0, (16, 16))
         return 1 / time_batched(z, locs, threads)
 
 
 def remote_lines(
-    tiff: Path, work: Path, size: int, n: int, threads: int, layouts: tuple
+    tiff: Path, work: Path, size: int, n: int, threads: int, layouts: tuple, gaps=(None,)
 ) -> list[str]:
-    """The remote section of the report."""
+    """The remote section of the report; sharded layouts are read by ``ShardedChunkReader`` at
+    each merge gap of ``gaps`` (None: its default) and through zarr alone."""
     from http_counter import CountingHTTPServer
 
     paths = make_remote_inputs(work, tiff, size, layouts)
@@ -186,14 +196,19 @@ def remote_lines(
     with CountingHTTPServer(work / "remote") as server:
         for label, _, shard in layouts:
             path = paths[label]
-            for merged in (True, False) if shard else (True,):
-                row = remote_row(f"{server.url}/{path.name}", server, locs, threads, merged)
-                row["local"] = local_pool_tps(path, locs, threads, merged)
+            variants = [(True, g) for g in gaps] + [(False, None)] if shard else [(True, None)]
+            for i, (merged, gap) in enumerate(variants):
+                url = f"{server.url}/{path.name}"
+                row = remote_row(url, server, locs, threads, merged, gap)
+                row["local"] = local_pool_tps(path, locs, threads, merged, gap)
                 row["files"] = sum(1 for p in (path / "0").rglob("*") if p.is_file()) - 1
                 row["mb"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
-                rows.append((label if merged else "  via zarr", row))
+                name = (
+                    "  via zarr" if not merged else label if i == 0 else f"  gap {gap / 1024:g} KiB"
+                )
+                rows.append((name, row))
             if shard:
-                ours, theirs = rows[-2][1], rows[-1][1]
+                ours, theirs = rows[-len(variants)][1], rows[-1][1]
                 ratios.append((label, {k: ours[k] / theirs[k] for k in RATIO_KEYS}))
     lines = [
         "",
@@ -224,6 +239,15 @@ def remote_lines(
         "L0 files: files of level 0 (chunks or shards); MiB: the whole pyramid on disk.",
         "Sharded rows: read by ShardedChunkReader (one byte range per run of neighbouring inner",
         "chunks, shard indexes cached); 'via zarr': the same slide with merged_shard_reads=False.",
+        *(
+            [
+                f"Merge gaps: the first row of a sharded layout merges ranges up to {gaps[0]} bytes",
+                "apart; 'gap N KiB' rows: the same reader merging ranges up to N KiB apart (the bytes",
+                "between them fetched and dropped: fewer requests, more bytes).",
+            ]
+            if len(gaps) > 1
+            else []
+        ),
         "Goals (issue 12): amp <= 2 and HTTP/tile <= 2.",
     ]
     if ratios:
@@ -347,6 +371,13 @@ def main() -> int:
         default=None,
         help="labels of the remote layouts to measure (default: all), e.g. 'plain 512' 'shard 1024/64'",
     )
+    parser.add_argument(
+        "--merge-gaps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="byte gaps at which ShardedChunkReader merges ranges (default: its own), e.g. 0 65536",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -359,11 +390,12 @@ def main() -> int:
         if unknown:
             parser.error(f"unknown layouts {sorted(unknown)}; known: {[r[0] for r in REMOTE]}")
         layouts = tuple(r for r in REMOTE if r[0] in args.layouts)
+    gaps = tuple(args.merge_gaps) if args.merge_gaps else (None,)
     if args.remote_only:
         tiff, _ = make_inputs(args.workdir, args.size, ())
         lines = [f"io benchmark (remote only): {args.size} x {args.size} synthetic slide, "]
         lines[0] += f"{os.cpu_count()} CPUs"
-        lines += remote_lines(tiff, args.workdir, args.size, n, args.threads, layouts)
+        lines += remote_lines(tiff, args.workdir, args.size, n, args.threads, layouts, gaps)
         return emit(lines, args.out)
     tiff, zarrs = make_inputs(args.workdir, args.size, tuple(args.chunks))
     lines = [
@@ -414,7 +446,7 @@ def main() -> int:
         "(fill-value) chunks cost nothing). amp 1 tile: expected for an isolated tile at a uniform",
         "random offset, ((256 + c - 1) / 256)^2. pool/floor: batched per-tile wall time over the floor.",
     ]
-    lines += remote_lines(tiff, args.workdir, args.size, n, args.threads, layouts)
+    lines += remote_lines(tiff, args.workdir, args.size, n, args.threads, layouts, gaps)
     return emit(lines, args.out)
 
 

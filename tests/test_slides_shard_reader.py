@@ -69,6 +69,10 @@ def test_reader_equals_zarr_on_every_inner_chunk(tmp_path, dtype, compressors, e
     assert first > shards  # the indexes, then the stored chunks' runs
     reader.read(order)
     assert reader.requests - first == first - shards  # indexes cached: the runs again only
+    wide = ShardedChunkReader.for_array(arr, merge_gap=1 << 20)  # one range per stored shard
+    for block, same in zip(wide.read(order), blocks, strict=True):
+        np.testing.assert_array_equal(block, same)
+    assert wide.requests == shards + shards - 1  # every index; one range per shard with a file
 
 
 def test_reader_refuses_layouts_it_does_not_decode(tmp_path):
