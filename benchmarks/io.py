@@ -126,14 +126,10 @@ class DecodeCounter:
 
 
 def open_zarr(path: str | Path, merged: bool, merge_gap: int | None):
-    """An ``OmeZarrSlide``; ``merge_gap`` (bytes) replaces its shard readers' default."""
+    """An ``OmeZarrSlide``; ``merge_gap`` (bytes; None: the default) of its shard readers."""
     from wsi_ats.slides.zarr_backend import OmeZarrSlide
 
-    z = OmeZarrSlide(path, merged_shard_reads=merged)
-    for reader in z._shard_readers:
-        if reader is not None and merge_gap is not None:
-            reader.merge_gap = merge_gap
-    return z
+    return OmeZarrSlide(path, merged_shard_reads=merged, shard_merge_gap=merge_gap)
 
 
 def remote_row(

@@ -243,3 +243,24 @@ def test_counting_server_counts_what_it_sends(tmp_path):
         assert sent == total  # every byte the client received, headers included
         server.reset()
         assert server.counts() == (0, 0, 0)
+
+
+def test_a_merge_gap_spans_the_chunks_between_in_one_request(tiff, sharded):
+    """``shard_merge_gap``: chunks of one shard that are not neighbours on disk, fetched in one
+    range with the bytes between them; the same pixels."""
+    image, _ = tiff
+    where, size = (64, 0), (64, 192)  # inner chunks (0, 1), (1, 1), (2, 1): Morton 1, 3, 9
+    counts, tiles = [], []
+    for gap in (None, 1 << 20):
+        with (
+            CountingHTTPServer(sharded) as server,
+            OmeZarrSlide(f"{server.url}/sharded.zarr", shard_merge_gap=gap) as remote,
+        ):
+            remote.read_region(where, 0, size)  # reads the shard index
+            server.reset()
+            tiles.append(remote.read_region(where, 0, size))
+            counts.append(server.counts())
+    np.testing.assert_array_equal(tiles[0], image[:192, 64:128])
+    np.testing.assert_array_equal(tiles[1], tiles[0])
+    assert counts[0][0] > 1 and counts[1][0] == 1
+    assert counts[1][1] > counts[0][1]  # the bytes between came too

@@ -47,8 +47,12 @@ class OmeZarrSlide(PooledSlide):
         path_or_url: str | os.PathLike[str],
         storage_options: dict[str, Any] | None = None,
         merged_shard_reads: bool = True,
+        shard_merge_gap: int | None = None,
     ) -> None:
-        """``merged_shard_reads=False`` reads sharded levels through zarr alone (for comparison)."""
+        """``merged_shard_reads=False`` reads sharded levels through zarr alone (for comparison).
+        ``shard_merge_gap``: bytes between two inner chunks of a shard that one range request may
+        span to fetch both (None: ``MERGE_GAP_BYTES``, 0; larger gaps send fewer requests and more
+        bytes, see BENCHMARKS.md)."""
         self.path = str(path_or_url)
         group = _open_group(self.path, storage_options)
         attrs, group = _image_attrs(self.path, group)
@@ -65,7 +69,8 @@ class OmeZarrSlide(PooledSlide):
         self._ds_xy = _downsamples(self._dims, scales)
         self._mpp = _mpp_from(ms, self._iy, self._ix, scales)
         self._shard_readers = [
-            self._shard_reader(a) if merged_shard_reads else None for a in self._arrays
+            self._shard_reader(a, shard_merge_gap) if merged_shard_reads else None
+            for a in self._arrays
         ]
         self._init_reads("wsi-ats-zarr")
 
@@ -149,7 +154,7 @@ class OmeZarrSlide(PooledSlide):
                     block[ya - y0 : yb - y0, xa - x0 : xb - x0]
                 )
 
-    def _shard_reader(self, arr: zarr.Array) -> ShardedChunkReader | None:
+    def _shard_reader(self, arr: zarr.Array, merge_gap: int | None) -> ShardedChunkReader | None:
         """Our reader for a sharded level whose inner chunks hold every channel, else None."""
         if ShardedChunkReader is None:
             return None
@@ -158,7 +163,9 @@ class OmeZarrSlide(PooledSlide):
             shape = getattr(inner, "chunk_shape", None)
             if shape is None or int(shape[self._ic]) != int(arr.shape[self._ic]):
                 return None
-        return ShardedChunkReader.for_array(arr)
+        if merge_gap is None:
+            return ShardedChunkReader.for_array(arr)
+        return ShardedChunkReader.for_array(arr, merge_gap)
 
     def _fetch_many(self, level: int, keys: list[_Key]) -> list[np.ndarray]:
         reader = self._shard_readers[level]
