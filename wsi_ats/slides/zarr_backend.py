@@ -51,8 +51,8 @@ class OmeZarrSlide(PooledSlide):
     ) -> None:
         """``merged_shard_reads=False`` reads sharded levels through zarr alone (for comparison).
         ``shard_merge_gap``: bytes between two inner chunks of a shard that one range request may
-        span to fetch both (None: ``MERGE_GAP_BYTES``, 0; larger gaps send fewer requests and more
-        bytes, see BENCHMARKS.md)."""
+        span to fetch both (None: ``MERGE_GAP_BYTES``, 64 KiB; larger gaps send fewer requests
+        and more bytes, 0 only the chunks' own bytes; see BENCHMARKS.md)."""
         self.path = str(path_or_url)
         group = _open_group(self.path, storage_options)
         attrs, group = _image_attrs(self.path, group)
