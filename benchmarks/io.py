@@ -125,13 +125,6 @@ class DecodeCounter:
         self.reader_cls._chunk = self.reader_original
 
 
-def open_zarr(path: str | Path, merged: bool, merge_gap: int | None):
-    """An ``OmeZarrSlide``; ``merge_gap`` (bytes; None: the default) of its shard readers."""
-    from wsi_ats.slides.zarr_backend import OmeZarrSlide
-
-    return OmeZarrSlide(path, merged_shard_reads=merged, shard_merge_gap=merge_gap)
-
-
 def remote_row(
     url: str, server, locs: np.ndarray, threads: int, merged: bool = True, merge_gap=None
 ) -> dict[str, float]:
@@ -139,9 +132,11 @@ def remote_row(
     decoded bytes, bytes sent and requests per tile, and tiles/s of each; then tiles/s of one
     ``read_regions`` call with ``LATENCY_S`` added to every request. ``merged=False``: sharded
     levels read through zarr alone (no ``ShardedChunkReader``); ``merge_gap``: its byte gap."""
+    from wsi_ats.slides.zarr_backend import OmeZarrSlide
+
     n, tile_bytes = len(locs), TILE * TILE * 3
     row: dict[str, float] = {}
-    with open_zarr(url, merged, merge_gap) as z:
+    with OmeZarrSlide(url, merged_shard_reads=merged, shard_merge_gap=merge_gap) as z:
         z.read_threads = threads
         z.read_region((0, 0), 0, (16, 16))  # warm: HTTP session, pool
         for mode in ("batch", "single"):
@@ -174,7 +169,9 @@ def local_pool_tps(
     path: Path, locs: np.ndarray, threads: int, merged: bool = True, merge_gap=None
 ) -> float:
     """Tiles/s of one local ``read_regions`` call over ``locs``."""
-    with open_zarr(path, merged, merge_gap) as z:
+    from wsi_ats.slides.zarr_backend import OmeZarrSlide
+
+    with OmeZarrSlide(path, merged_shard_reads=merged, shard_merge_gap=merge_gap) as z:
         z.read_region((0, 0), 0, (16, 16))
         return 1 / time_batched(z, locs, threads)
 

@@ -77,9 +77,10 @@ class ShardedChunkReader:
         self.requests = 0  # store byte ranges requested (indexes and chunk runs), for tests
 
     @classmethod
-    def for_array(cls, array: zarr.Array, merge_gap: int = MERGE_GAP_BYTES):
-        """A reader for ``array``, or None when it is not sharded or its layout is not one this
-        reader decodes (then zarr reads it)."""
+    def for_array(cls, array: zarr.Array, merge_gap: int | None = None):
+        """A reader for ``array`` that merges ranges ``merge_gap`` bytes apart (None:
+        ``MERGE_GAP_BYTES``), or None when it is not sharded or its layout is not one this reader
+        decodes (then zarr reads it)."""
         codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
         if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
             return None
@@ -98,7 +99,7 @@ class ShardedChunkReader:
         dtype = np.dtype(array.dtype)
         if dtype.itemsize > 1:
             dtype = dtype.newbyteorder("<" if _endian(inner[0]) in (None, "little") else ">")
-        return cls(array, decode, dtype, merge_gap)
+        return cls(array, decode, dtype, MERGE_GAP_BYTES if merge_gap is None else merge_gap)
 
     def read(self, coords: Sequence[Coords]) -> list[np.ndarray]:
         """The decoded inner chunks at ``coords`` (full inner-chunk shape, edge chunks padded with

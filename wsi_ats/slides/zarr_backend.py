@@ -163,8 +163,6 @@ class OmeZarrSlide(PooledSlide):
             shape = getattr(inner, "chunk_shape", None)
             if shape is None or int(shape[self._ic]) != int(arr.shape[self._ic]):
                 return None
-        if merge_gap is None:
-            return ShardedChunkReader.for_array(arr)
         return ShardedChunkReader.for_array(arr, merge_gap)
 
     def _fetch_many(self, level: int, keys: list[_Key]) -> list[np.ndarray]:
