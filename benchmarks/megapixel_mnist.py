@@ -91,6 +91,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mnist_coverage import canvas_coverage, coverage_report  # noqa: E402
 from mnist_data import (  # noqa: E402
     DIGIT_SIZE,
     CanvasPatchSource,
@@ -143,16 +144,26 @@ class L2Normalize(nn.Module):
         return F.normalize(x, dim=1)
 
 
-def attention_net() -> nn.Module:
-    """``[B, 1, 180, 180]`` -> attention logits ``[B, 1, 180, 180]`` (three 3x3 convs)."""
-    return nn.Sequential(
+def attention_net(map_stride: int = 1, bounded: bool = False) -> nn.Module:
+    """``[B, 1, 180, 180]`` -> attention logits ``[B, 1, 180 / s, 180 / s]`` (three 3x3 convs;
+    ``s = map_stride > 1``: the logits max-pooled over ``s x s`` low-res pixels, as the paper's
+    colon-cancer and traffic-sign scripts pool theirs, so that one cell's patch centres are ``s``
+    low-res pixels apart). ``bounded``: the logits are ``log sigmoid(z)`` (at most 0), so the
+    attention is ``sigmoid(z)`` normalised over the cells: every cell the net is sure of gets the
+    same weight, instead of the exponential of how much more sure it is."""
+    layers: list[nn.Module] = [
         ChannelsLast(),
         nn.Conv2d(1, 8, 3, padding=1),
         nn.Tanh(),
         nn.Conv2d(8, 8, 3, padding=1),
         nn.Tanh(),
         nn.Conv2d(8, 1, 3, padding=1),
-    )
+    ]
+    if bounded:
+        layers.append(nn.LogSigmoid())
+    if map_stride > 1:
+        layers.append(nn.MaxPool2d(map_stride))
+    return nn.Sequential(*layers)
 
 
 def feature_net(width: int = 32) -> nn.Module:
@@ -192,11 +203,19 @@ class MegapixelATS(nn.Module):
     """Attention sampling + linear head: ``(x_low [B,1,180,180], source) -> logits [B, 10]``."""
 
     def __init__(
-        self, n_patches: int = 10, regularizer: float = 1e-4, patch: int = 50, prior: float = 0.0
+        self,
+        n_patches: int = 10,
+        regularizer: float = 1e-4,
+        patch: int = 50,
+        prior: float = 0.0,
+        map_stride: int = 1,
+        bounded: bool = False,
     ) -> None:
         super().__init__()
+        if prior and map_stride > 1:
+            raise ValueError("the intensity prior needs map_stride 1 (one cell per low-res pixel)")
         self.ats: AttentionSampling = attention_sampling(
-            PriorAttention(attention_net(), prior),
+            PriorAttention(attention_net(map_stride, bounded), prior),
             feature_net(),
             patch_size=patch,
             n_patches=n_patches,
@@ -205,6 +224,7 @@ class MegapixelATS(nn.Module):
             pad_value=0.0,
         )
         self.head = nn.Linear(32, 10)
+        self.map_stride = map_stride
         self.to(memory_format=torch.channels_last)
 
     def forward(
@@ -420,12 +440,16 @@ def lr_factor(schedule: str, spent: float) -> float:
     raise ValueError(f"unknown lr_schedule {schedule!r} (constant or cosine)")
 
 
-def fit_canvas_strata(dataset: MegapixelMNIST, n_canvases: int, r: Remedies, seed: int):
+def fit_canvas_strata(
+    dataset: MegapixelMNIST, n_canvases: int, r: Remedies, seed: int, map_stride: int = 1
+):
     """Appearance strata of the attention cells, fitted on the low-res views of the first
-    ``n_canvases`` training canvases (``wsi_ats.core.fit_appearance_strata``). Each cell of the
-    180 x 180 map is one low-res pixel, so its descriptor is that pixel's intensity (spread 0)."""
+    ``n_canvases`` training canvases (``wsi_ats.core.fit_appearance_strata``). With
+    ``map_stride`` 1 each cell of the 180 x 180 map is one low-res pixel, so its descriptor is that
+    pixel's intensity (spread 0); else the mean and spread of its ``s x s`` pixels."""
     views, _, _ = dataset.batch(range(min(n_canvases, len(dataset))))
-    desc = cell_descriptors(views, tuple(views.shape[-2:]))
+    grid = tuple(side // map_stride for side in views.shape[-2:])
+    desc = cell_descriptors(views, grid)
     return fit_appearance_strata(desc.reshape(-1, desc.shape[-1]), r.strata, seed=seed)
 
 
@@ -577,7 +601,7 @@ def train_remedies(
     n_total = len(data.train)
     start = clock()
     t_wall, t_cpu = time.perf_counter(), time.process_time()
-    strata = fit_canvas_strata(data.train, 100, r, seed)
+    strata = fit_canvas_strata(data.train, 100, r, seed, model.map_stride)
     trainer = RemediesTrainer(model, r, strata)
     base_lrs = [g["lr"] for g in trainer.opt.param_groups]
     steps, seen, history, paused = 0, 0, [], 0.0
@@ -898,6 +922,31 @@ def main(argv: list[str] | None = None) -> int:
         help="evaluate on new canvases of the training digit pool (tuning), not the test canvases",
     )
     g.add_argument("--log-every", type=int, default=0, help="print the loss terms every k steps")
+    g.add_argument(
+        "--save-model",
+        type=Path,
+        help="write the trained model's state dict here (torch.save; read back with "
+        "weights_only=True by --diagnose)",
+    )
+    g.add_argument(
+        "--diagnose",
+        type=Path,
+        help="load a model saved by --save-model (same --map-stride and --bounded) and print "
+        "which digits its patches see and how its attention splits between them "
+        "(mnist_coverage.py), on the test canvases (--dev: development canvases)",
+    )
+    g.add_argument(
+        "--bounded",
+        action="store_true",
+        help="attention logits log sigmoid(z): the attention is sigmoid(z) normalised",
+    )
+    g.add_argument(
+        "--map-stride",
+        type=int,
+        default=1,
+        help="attention cells of s x s low-res pixels (logits max-pooled; 1: the paper's MNIST "
+        "map, one cell per pixel; 3: cells 25 canvas px apart, half a patch)",
+    )
     defaults = Remedies()
     for field in REMEDY_FLAGS:
         value = getattr(defaults, field)
@@ -911,6 +960,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.baseline:
         return main_baseline(args)
+    if args.diagnose:
+        return main_diagnose(args)
     if args.remedies:
         return main_remedies(args)
     if args.quick:
@@ -951,6 +1002,9 @@ def main(argv: list[str] | None = None) -> int:
             state.update({name + "_log": json.dumps(asdict(log)) for name, log in logs.items()})
             torch.save(state, saved)
 
+    if args.save_model is not None:
+        args.save_model.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), args.save_model)
     print("evaluating ...", flush=True)
     eval_ns = [int(v) for v in args.eval_patches.split(",")]
     curve = {n: test_error("ats", models["ats"], data, n_patches=n) for n in eval_ns}
@@ -1011,7 +1065,8 @@ def main_remedies(args) -> int:
     print(f"remedies: {json.dumps(asdict(r))}", flush=True)
     data = make_data(args.n_train, args.n_test, args.seed, dev=args.dev)
     torch.manual_seed(args.seed)
-    model = MegapixelATS()  # the paper's architecture, no prior
+    # the paper's architecture, no prior
+    model = MegapixelATS(map_stride=args.map_stride, bounded=args.bounded)
     limit = args.epoch_eval
 
     def on_epoch(epoch: int) -> dict:
@@ -1034,6 +1089,9 @@ def main_remedies(args) -> int:
         on_epoch,
         args.log_every,
     )
+    if args.save_model is not None:
+        args.save_model.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), args.save_model)
     print("evaluating ...", flush=True)
     eval_ns = [int(v) for v in args.eval_patches.split(",")]
     curve = {n: test_error("ats", model, data, n_patches=n) for n in eval_ns}
@@ -1061,7 +1119,15 @@ def main_remedies(args) -> int:
         f"{os.getloadavg()[0]:.1f} at the end; torch threads {torch.get_num_threads()}",
         "",
         "Model: the paper's architecture (attention net on the 180 x 180 view, feature net on 50 x 50",
-        "patches, 10 patches without replacement, linear head), no prior; trained through wsi_ats.core",
+        "patches, 10 patches without replacement, linear head), no prior"
+        + (
+            f"; attention logits max-pooled over {args.map_stride} x {args.map_stride} low-res "
+            f"pixels ({180 // args.map_stride} x {180 // args.map_stride} cells)"
+            if args.map_stride > 1
+            else ""
+        )
+        + ("; attention logits log sigmoid (bounded)" if args.bounded else "")
+        + "; trained through wsi_ats.core",
         "(draw, estimate, instance_evidence for the canvas label's class, evidence_likelihood_loss,",
         "appearance_strata/stratified_proposal) and the per-patch 10-class cross-entropy: "
         + (
@@ -1088,6 +1154,23 @@ def main_remedies(args) -> int:
         "Training history: " + json.dumps(log.history, separators=(",", ":")),
     ]
     return write_result(lines, args.out, t_start)
+
+
+def main_diagnose(args) -> int:
+    """Coverage of a saved remedies model (``--diagnose``): see ``mnist_coverage.py``."""
+    data = make_data(args.n_train, args.n_test, args.seed, dev=args.dev)
+    model = MegapixelATS(map_stride=args.map_stride, bounded=args.bounded)
+    model.load_state_dict(torch.load(args.diagnose, map_location="cpu", weights_only=True))
+    what = "development canvases" if args.dev else "test canvases"
+    cmd = " ".join(["python benchmarks/megapixel_mnist.py", *sys.argv[1:]])
+    lines = [f"Megapixel MNIST coverage: {args.diagnose.name} on the {what}", f"command: {cmd}"]
+    for n in (10, 25):
+        lines += coverage_report(canvas_coverage(model, data.test, n_patches=n), n)
+    print("\n".join(lines), flush=True)
+    if args.out != RESULTS / "megapixel_mnist.txt":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
 
 
 def main_baseline(args) -> int:

@@ -114,3 +114,50 @@ def test_lr_factor_schedules():
     assert mm.lr_factor("cosine", 1.3) == pytest.approx(0.0, abs=1e-12)  # past the budget
     with pytest.raises(ValueError, match="unknown lr_schedule"):
         mm.lr_factor("linear", 0.5)
+
+
+def test_pooled_bounded_attention_steps_over_coarser_cells(small):
+    """``map_stride 3``: one attention cell per 3 x 3 low-res pixels, whose strata and draws follow
+    that grid; ``bounded``: the logits are ``log sigmoid``, so no cell outweighs a sure one."""
+    torch.manual_seed(0)
+    model = mm.MegapixelATS(n_patches=4, map_stride=3, bounded=True)
+    x_low, y, specs = small.batch(range(4))
+    logits = model.ats.attention_net(x_low)
+    assert logits.shape == (4, 1, 12, 12) and (logits <= 0).all()
+    net = model.ats.attention_net
+    z = torch.nn.functional.max_pool2d(net.net[:-2](x_low), 3)  # before log sigmoid and pool
+    att = model.ats.compute_attention(x_low).reshape(4, -1)
+    expected = torch.sigmoid(z).reshape(4, -1)
+    assert torch.allclose(att, expected / expected.sum(1, keepdim=True), atol=1e-6)
+    r = mm.Remedies(strata=4, memory=0, canvas_to_features=1.0)
+    strata = mm.fit_canvas_strata(small, 4, r, seed=0, map_stride=3)
+    trainer = mm.RemediesTrainer(model, r, strata)
+    e = trainer.exploration(x_low, (12, 12))
+    assert e.shape == (4, 144) and torch.allclose(e.sum(1), torch.ones(4))
+    before = [p.clone() for p in net.parameters()]
+    gen = torch.Generator().manual_seed(0)
+    out, stats = trainer.step(x_low, y, mm.CanvasPatchSource(small, specs), 6, 0.5, gen)
+    assert out.shape == (4, 10) and all(np.isfinite(v) for v in stats.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    with pytest.raises(ValueError, match="map_stride 1"):
+        mm.MegapixelATS(prior=12.0, map_stride=3)
+
+
+def test_coverage_names_the_digit_a_patch_holds_and_counts_what_a_draw_saw(small):
+    import mnist_coverage
+
+    spec = small.spec(0)
+    (y0, x0), far = spec.digit_pos[1], [-500, -500]
+    offsets = torch.tensor([[y0 - 11, x0 - 11], [y0 + 20, x0 + 20], far])  # around, corner, none
+    digit, held = mnist_coverage.overlapped_digit(offsets, spec, 50)
+    assert digit.tolist() == [1, 1, -1]
+    assert held[0] == 1.0 and held[1] == pytest.approx(64 / 784) and held[2] == 0.0
+    torch.manual_seed(0)
+    rows = mnist_coverage.canvas_coverage(mm.MegapixelATS(n_patches=4), small, n_patches=6)
+    assert len(rows) == len(small)
+    for r in rows:
+        assert 0 <= r.label_digits_seen <= 3 and 0 <= r.other_digits_seen <= 2
+        assert r.label_digits_seen + r.other_digits_seen <= r.patches_on_digits <= 6
+        assert 0.2 - 1e-9 <= r.top_digit_mass <= 1.0 and r.patches_right <= r.patches_judged
+    lines = mnist_coverage.coverage_report(rows, 6)
+    assert lines[0].startswith(f"canvases {len(small)}, one draw of N=6 each: error")
