@@ -1002,9 +1002,6 @@ def main(argv: list[str] | None = None) -> int:
             state.update({name + "_log": json.dumps(asdict(log)) for name, log in logs.items()})
             torch.save(state, saved)
 
-    if args.save_model is not None:
-        args.save_model.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), args.save_model)
     print("evaluating ...", flush=True)
     eval_ns = [int(v) for v in args.eval_patches.split(",")]
     curve = {n: test_error("ats", models["ats"], data, n_patches=n) for n in eval_ns}
