@@ -91,9 +91,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_coverage import canvas_coverage, coverage_report  # noqa: E402
+from mnist_coverage import canvas_coverage, coverage_report, overlapped_digit  # noqa: E402
 from mnist_data import (  # noqa: E402
-    DIGIT_SIZE,
     CanvasPatchSource,
     CanvasSpec,
     MegapixelMNIST,
@@ -710,9 +709,7 @@ def test_error(
 
 def _on_digit(offsets: Tensor, spec: CanvasSpec, patch: int) -> np.ndarray:
     """Bool ``[n]``: the ``patch``-sized patches at top-left ``offsets`` ``[n, 2]`` overlap a digit."""
-    top_left = offsets.numpy()[:, None, :]  # [n, 1, 2]
-    digits = spec.digit_pos[None]  # [1, 5, 2]
-    return ((top_left < digits + DIGIT_SIZE) & (top_left + patch > digits)).all(-1).any(-1)
+    return overlapped_digit(offsets, spec, patch)[0] >= 0
 
 
 @torch.no_grad()

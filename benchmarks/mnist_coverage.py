@@ -21,13 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from mnist_data import DIGIT_SIZE, CanvasPatchSource, CanvasSpec, MegapixelMNIST
+from mnist_data import (
+    DIGIT_SIZE,
+    N_LABEL_DIGITS,  # the first digits of a CanvasSpec, of the label class
+    CanvasPatchSource,
+    CanvasSpec,
+    MegapixelMNIST,
+)
 from torch import Tensor
 
-from wsi_ats.core import cell_offsets, estimate, sample
-from wsi_ats.core.draws import Draw
-
-N_LABEL_DIGITS = 3  # the first 3 digits of a CanvasSpec are of the label class
+from wsi_ats.core import cell_offsets
 
 
 def overlapped_digit(
@@ -60,52 +63,64 @@ class CanvasCoverage:
 def canvas_coverage(
     model, dataset: MegapixelMNIST, n_patches: int = 10, limit: int | None = None, seed: int = 1234
 ) -> list[CanvasCoverage]:
-    """:class:`CanvasCoverage` of the first ``limit`` canvases of ``dataset`` (one draw each)."""
+    """:class:`CanvasCoverage` of the first ``limit`` canvases of ``dataset``: one draw each, the
+    model's own forward pass (so the same draws as ``test_error`` with the same seed)."""
     model.eval()
     ats, patch = model.ats, model.ats.patch_size
     gen = torch.Generator().manual_seed(seed)
     size = (dataset.canvas_size, dataset.canvas_size)
     total = len(dataset) if limit is None else min(limit, len(dataset))
     rows: list[CanvasCoverage] = []
-    every_offset: Tensor | None = None
-    for b0 in range(0, total, 50):
-        x_low, y, specs = dataset.batch(range(b0, min(b0 + 50, total)))
-        attention = ats.compute_attention(x_low)
-        grid, low = tuple(attention.shape[1:]), tuple(x_low.shape[-2:])
-        flat = attention.reshape(len(y), -1)
-        if every_offset is None:
-            every = torch.arange(flat.shape[1])[None]
-            every_offset = cell_offsets(every, grid, low, size, patch, ats.receptive_field)[0]
-        indices, _ = sample(attention, n_patches, ats.replace, gen)
-        offsets = cell_offsets(indices, grid, low, size, patch, ats.receptive_field)
-        source = CanvasPatchSource(dataset, specs)
-        patches = torch.stack([source.read_patches(i, offsets[i], patch) for i in range(len(y))])
-        b, n = patches.shape[:2]
-        feats = ats.feature_net(patches.reshape(b * n, *patches.shape[2:])).reshape(b, n, -1)
-        drawn = Draw(indices, flat.gather(1, indices), ats.replace)
-        predicted = model.head(estimate(attention, drawn, feats)).argmax(1)
-        patch_class = model.head(feats).argmax(2).numpy()  # [b, n]
-        for i, spec in enumerate(specs):
-            digit, held = overlapped_digit(offsets[i], spec, patch[0])
-            cell_digit, _ = overlapped_digit(every_offset, spec, patch[0])
-            mass = np.array(
-                [float(flat[i][torch.from_numpy(cell_digit == k)].sum()) for k in range(5)]
-            )
-            seen = set(digit[digit >= 0].tolist())
-            judged = held > 0.5
-            truth = spec.digit_classes[np.maximum(digit, 0)]
-            rows.append(
-                CanvasCoverage(
-                    correct=bool(predicted[i] == y[i]),
-                    label_digits_seen=len(seen & set(range(N_LABEL_DIGITS))),
-                    other_digits_seen=len(seen - set(range(N_LABEL_DIGITS))),
-                    patches_on_digits=int((digit >= 0).sum()),
-                    top_digit_mass=float(mass.max() / max(mass.sum(), 1e-12)),
-                    patches_judged=int(judged.sum()),
-                    patches_right=int((patch_class[i][judged] == truth[judged]).sum()),
-                )
-            )
-    return rows
+    every_offset: Tensor | None = None  # every cell's patch: the same grid for all canvases
+    kept_n, ats.n_patches = ats.n_patches, n_patches
+    try:
+        for b0 in range(0, total, 50):
+            x_low, y, specs = dataset.batch(range(b0, min(b0 + 50, total)))
+            out = ats(x_low, CanvasPatchSource(dataset, specs), generator=gen)
+            flat = out.attention.reshape(len(y), -1)
+            if every_offset is None:
+                grid, low = tuple(out.attention.shape[1:]), tuple(x_low.shape[-2:])
+                every = torch.arange(flat.shape[1])[None]
+                every_offset = cell_offsets(every, grid, low, size, patch, ats.receptive_field)[0]
+            predicted = model.head(out.features).argmax(1)
+            b, n = out.patches.shape[:2]
+            feats = ats.feature_net(out.patches.reshape(b * n, *out.patches.shape[2:]))
+            patch_class = model.head(feats).argmax(1).reshape(b, n).numpy()
+            rows += [
+                _coverage(spec, out.offsets[i], every_offset, flat[i], patch_class[i], patch[0])
+                | {"correct": bool(predicted[i] == y[i])}
+                for i, spec in enumerate(specs)
+            ]
+    finally:
+        ats.n_patches = kept_n
+    return [CanvasCoverage(**row) for row in rows]
+
+
+def _coverage(
+    spec: CanvasSpec,
+    offsets: Tensor,
+    every_offset: Tensor,
+    attention: Tensor,
+    patch_class: np.ndarray,
+    patch: int,
+) -> dict:
+    """The :class:`CanvasCoverage` fields but ``correct`` of one canvas: its drawn patches'
+    ``offsets`` ``[n, 2]`` and classes ``[n]``, its flat ``attention`` over the cells whose
+    patches are at ``every_offset``."""
+    digit, held = overlapped_digit(offsets, spec, patch)
+    cell_digit, _ = overlapped_digit(every_offset, spec, patch)
+    mass = np.array([float(attention[torch.from_numpy(cell_digit == k)].sum()) for k in range(5)])
+    seen = set(digit[digit >= 0].tolist())
+    judged = held > 0.5
+    truth = spec.digit_classes[np.maximum(digit, 0)]
+    return {
+        "label_digits_seen": len(seen & set(range(N_LABEL_DIGITS))),
+        "other_digits_seen": len(seen - set(range(N_LABEL_DIGITS))),
+        "patches_on_digits": int((digit >= 0).sum()),
+        "top_digit_mass": float(mass.max() / max(mass.sum(), 1e-12)),
+        "patches_judged": int(judged.sum()),
+        "patches_right": int((patch_class[judged] == truth[judged]).sum()),
+    }
 
 
 def coverage_report(rows: list[CanvasCoverage], n_patches: int) -> list[str]:
