@@ -192,10 +192,12 @@ class PriorAttention(nn.Module):
         super().__init__()
         self.net = net
         self.prior = float(prior)
+        self.temperature = 1.0  # logits / temperature (> 1: flatter attention); not a weight
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.net(x)
-        return logits + self.prior * x if self.prior else logits
+        logits = logits + self.prior * x if self.prior else logits
+        return logits / self.temperature if self.temperature != 1.0 else logits
 
 
 class MegapixelATS(nn.Module):
@@ -933,6 +935,13 @@ def main(argv: list[str] | None = None) -> int:
         "(mnist_coverage.py), on the test canvases (--dev: development canvases)",
     )
     g.add_argument(
+        "--temperatures",
+        type=lambda text: [float(t) for t in text.split(",") if t],
+        default=[],
+        help="with --diagnose: also the N=10 coverage with the attention logits divided by each "
+        "of these (comma-separated; > 1 flattens the attention)",
+    )
+    g.add_argument(
         "--bounded",
         action="store_true",
         help="attention logits log sigmoid(z): the attention is sigmoid(z) normalised",
@@ -1160,6 +1169,11 @@ def main_diagnose(args) -> int:
     lines = [f"Megapixel MNIST coverage: {args.diagnose.name} on the {what}", f"command: {cmd}"]
     for n in (10, 25):
         lines += coverage_report(canvas_coverage(model, data.test, n_patches=n), n)
+    for t in args.temperatures:
+        model.ats.attention_net.temperature = t
+        lines += [f"attention temperature {t:g} (logits / {t:g}):"]
+        lines += coverage_report(canvas_coverage(model, data.test, n_patches=10), 10)
+    model.ats.attention_net.temperature = 1.0
     print("\n".join(lines), flush=True)
     if args.out != RESULTS / "megapixel_mnist.txt":
         args.out.parent.mkdir(parents=True, exist_ok=True)

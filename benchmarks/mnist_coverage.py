@@ -57,6 +57,8 @@ class CanvasCoverage:
     top_digit_mass: float
     patches_judged: int  # sampled patches holding more than half of a digit
     patches_right: int  # of those, classified as the digit's class
+    label: int  # the canvas label (class of its first N_LABEL_DIGITS digits)
+    top_digit_is_label: bool  # the most-weighted digit is one of the label digits
 
 
 @torch.no_grad()
@@ -118,6 +120,8 @@ def _coverage(
         "other_digits_seen": len(seen - set(range(N_LABEL_DIGITS))),
         "patches_on_digits": int((digit >= 0).sum()),
         "top_digit_mass": float(mass.max() / max(mass.sum(), 1e-12)),
+        "label": int(spec.digit_classes[0]),
+        "top_digit_is_label": bool(mass.argmax() < N_LABEL_DIGITS),
         "patches_judged": int(judged.sum()),
         "patches_right": int((patch_class[judged] == truth[judged]).sum()),
     }
@@ -133,7 +137,9 @@ def coverage_report(rows: list[CanvasCoverage], n_patches: int) -> list[str]:
         f"{n_patches}; distinct digits seen: label {np.mean([r.label_digits_seen for r in rows]):.2f}"
         f" of 3, distractors {np.mean([r.other_digits_seen for r in rows]):.2f} of 2",
         f"  attention mass of the most-weighted digit, share of the 5 digits' mass: mean "
-        f"{np.mean([r.top_digit_mass for r in rows]):.2f} (0.20 = alike)",
+        f"{np.mean([r.top_digit_mass for r in rows]):.2f} (0.20 = alike); it is a label digit "
+        f"on {100 * np.mean([r.top_digit_is_label for r in rows]):.0f}% of canvases (60% = blind "
+        "to the class)",
         f"  patches holding > half a digit classified as its class: "
         f"{100 * sum(r.patches_right for r in rows) / max(judged, 1):.1f}% of {judged}",
         "  error by (label digits seen, distractors seen): canvases, error",
@@ -145,5 +151,16 @@ def coverage_report(rows: list[CanvasCoverage], n_patches: int) -> list[str]:
         lines.append(
             f"    {seen_label} label, {seen_other} distractors: {len(correct):4d} canvases, "
             f"error {100 * (1 - np.mean(correct)):5.1f}%"
+        )
+    by_label: dict[int, list[CanvasCoverage]] = {}
+    for r in rows:
+        by_label.setdefault(r.label, []).append(r)
+    lines.append("  by canvas label: canvases, error, top-digit mass, top digit a label digit")
+    for label, group in sorted(by_label.items()):
+        lines.append(
+            f"    {label}: {len(group):4d} canvases, error "
+            f"{100 * (1 - np.mean([r.correct for r in group])):5.1f}%, mass "
+            f"{np.mean([r.top_digit_mass for r in group]):.2f}, label on top "
+            f"{100 * np.mean([r.top_digit_is_label for r in group]):3.0f}%"
         )
     return lines

@@ -143,6 +143,19 @@ def test_pooled_bounded_attention_steps_over_coarser_cells(small):
         mm.MegapixelATS(prior=12.0, map_stride=3)
 
 
+def test_attention_temperature_divides_the_logits(small):
+    """``temperature`` T: the attention is softmax(z / T) (flatter for T > 1), weights unchanged."""
+    torch.manual_seed(0)
+    model = mm.MegapixelATS(n_patches=4, map_stride=3)
+    x_low, _, _ = small.batch(range(2))
+    z = model.ats.attention_net(x_low).reshape(2, -1)
+    model.ats.attention_net.temperature = 2.0
+    att = model.ats.compute_attention(x_low).reshape(2, -1)
+    assert torch.allclose(att, torch.softmax(z / 2.0, dim=1), atol=1e-6)
+    assert att.max() < torch.softmax(z, dim=1).max()
+    assert "temperature" not in "".join(model.state_dict())
+
+
 def test_coverage_names_the_digit_a_patch_holds_and_counts_what_a_draw_saw(small):
     import mnist_coverage
 
@@ -159,5 +172,8 @@ def test_coverage_names_the_digit_a_patch_holds_and_counts_what_a_draw_saw(small
         assert 0 <= r.label_digits_seen <= 3 and 0 <= r.other_digits_seen <= 2
         assert r.label_digits_seen + r.other_digits_seen <= r.patches_on_digits <= 6
         assert 0.2 - 1e-9 <= r.top_digit_mass <= 1.0 and r.patches_right <= r.patches_judged
+    assert [r.label for r in rows] == [
+        int(small.spec(i).digit_classes[0]) for i in range(len(small))
+    ]
     lines = mnist_coverage.coverage_report(rows, 6)
     assert lines[0].startswith(f"canvases {len(small)}, one draw of N=6 each: error")
