@@ -177,3 +177,4 @@ def test_coverage_names_the_digit_a_patch_holds_and_counts_what_a_draw_saw(small
     ]
     lines = mnist_coverage.coverage_report(rows, 6)
     assert lines[0].startswith(f"canvases {len(small)}, one draw of N=6 each: error")
+    assert "(soft vote: " in lines[0] and any(ln.startswith("  by canvas label") for ln in lines)
