@@ -34,9 +34,16 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
     rows += [{"slide_id": k, "path": str(v), "label": 1, "split": "odd"} for k, v in odd.items()]
     columns = ["slide_id", "path", "label", "split"]
+    # textured tissue: no two tiles alike, so draws differ and an interval never closes to 0
+    noisy = [
+        {"slide_id": f"n{i}", "path": str(tissue_slide(root / f"n{i}.tiff", i, seed=10 + i,
+                                                      noise=40)), "label": i, "split": "test"}
+        for i in range(2)
+    ]  # fmt: skip
     return {
         "root": root,
         "manifest": write_manifest(root / "all.csv", rows, columns),
+        "noisy_manifest": write_manifest(root / "noisy.csv", noisy, columns),
         "model": tiny_model(root / "run" / "model.pt", TRAINED_ON),
         "old_model": tiny_model(root / "old" / "model.pt", None),  # no recorded range
     }
@@ -150,7 +157,7 @@ def test_heatmap_writes_the_format_of_its_suffix(cohort: dict[str, Path], tmp_pa
 def test_heatmap_target_halfwidth_draws_until_max_draws_and_prints_the_interval(
     cohort: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    slide = cohort["root"] / "cohort" / "s1.tiff"
+    slide = cohort["root"] / "n1.tiff"
     argv = ["heatmap", str(slide), "--model", str(cohort["model"]), "--out", str(tmp_path / "h.png"),
             "--draws", "2", "--target-halfwidth", "1e-12", "--max-draws", "5"]  # fmt: skip
     assert main(argv) == 0
@@ -167,14 +174,15 @@ def test_target_halfwidth_adds_draws_up_to_max_draws(
     from wsi_ats.models import load_model
 
     out = tmp_path / "out"
-    extra = ["--model", str(cohort["model"]), "--split", "test", "--n-draws", "2", "--seed", "3"]
-    assert _predict(cohort, scheduler, out, *extra, "--target-halfwidth", "1e-12",
+    textured = {**cohort, "manifest": cohort["noisy_manifest"]}
+    extra = ["--model", str(cohort["model"]), "--n-draws", "2", "--seed", "3"]
+    assert _predict(textured, scheduler, out, *extra, "--target-halfwidth", "1e-12",
                     "--max-draws", "5") == 0  # fmt: skip
     df = pd.read_csv(out / "predictions.csv")
     assert list(df["n_draws"]) == [5, 5]
     model = load_model(cohort["model"])
     for row in df.itertuples():
-        path = cohort["root"] / "cohort" / f"{row.slide_id}.tiff"
+        path = cohort["root"] / f"{row.slide_id}.tiff"
         ref = predict_slide(
             path, model, n_draws=2, seed=3, slide_id=row.slide_id, target_halfwidth=1e-12,
             max_draws=5,

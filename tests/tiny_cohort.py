@@ -21,9 +21,13 @@ CONFIG = PipelineConfig().replace(
 )
 
 
-def tissue_slide(path: Path, label: int, seed: int, size: int = 512, mpp: float = 0.5) -> Path:
+def tissue_slide(
+    path: Path, label: int, seed: int, size: int = 512, mpp: float = 0.5, noise: int = 0
+) -> Path:
     """``size`` px square: white glass and a pink tissue rectangle; positives carry a fine
-    checkerboard over the tissue (visible at level 0 only)."""
+    checkerboard over the tissue (visible at level 0 only). ``noise`` > 0 adds uniform pixel noise
+    of that amplitude to the tissue, so that no two tiles are alike (without it every interior
+    tile is the same picture, and draws of interior tiles give exactly the same estimate)."""
     rng = np.random.default_rng(seed)
     img = np.full((size, size, 3), 255, np.uint8)
     y0, x0 = (rng.integers(20, 120, size=2) * size) // 512
@@ -32,6 +36,8 @@ def tissue_slide(path: Path, label: int, seed: int, size: int = 512, mpp: float 
     if label:
         yy, xx = np.mgrid[0:h, 0:w]
         block = block + np.where(((yy // 2) + (xx // 2)) % 2 == 0, 30, -30)[..., None]
+    if noise:
+        block = block + rng.integers(-noise, noise + 1, size=block.shape)
     img[y0 : y0 + h, x0 : x0 + w] = block.clip(0, 255).astype(np.uint8)
     return write_pyramidal_tiff(path, img, tile=128, levels=3, mpp=mpp)
 
