@@ -1167,12 +1167,16 @@ def main_diagnose(args) -> int:
     what = "development canvases" if args.dev else "test canvases"
     cmd = " ".join(["python benchmarks/megapixel_mnist.py", *sys.argv[1:]])
     lines = [f"Megapixel MNIST coverage: {args.diagnose.name} on the {what}", f"command: {cmd}"]
+
+    def report(n: int) -> list[str]:
+        rows = canvas_coverage(model, data.test, n_patches=n, logit_scale=args.logit_scale)
+        return coverage_report(rows, n)
+
     for n in (10, 25):
-        lines += coverage_report(canvas_coverage(model, data.test, n_patches=n), n)
+        lines += report(n)
     for t in args.temperatures:
         model.ats.attention_net.temperature = t
-        lines += [f"attention temperature {t:g} (logits / {t:g}):"]
-        lines += coverage_report(canvas_coverage(model, data.test, n_patches=10), 10)
+        lines += [f"attention temperature {t:g} (logits / {t:g}):", *report(10)]
     model.ats.attention_net.temperature = 1.0
     print("\n".join(lines), flush=True)
     if args.out != RESULTS / "megapixel_mnist.txt":

@@ -14,7 +14,7 @@ one draw of ``n`` patches (as ``test_error`` draws them) gives:
   ``argmax head(f)`` as that digit's class;
 - the error for each (label digits seen, distractors seen) pair, and by canvas label;
 - the soft-vote error: the class of the estimated attention-weighted mean of the patches' class
-  probabilities ``softmax(10 head(f_i))`` (the same unbiased estimator, over probabilities instead
+  probabilities ``softmax(s head(f_i))``, ``s`` the run's ``logit_scale`` (the same unbiased estimator, over probabilities instead
   of features: every patch's say is bounded), beside the model's ``argmax head(estimate of f)``.
 """
 
@@ -34,9 +34,6 @@ from mnist_data import (
 from torch import Tensor
 
 from wsi_ats.core import cell_offsets, expectation
-
-#: the canvas and patch logits are this x head(f) in training (``Remedies.logit_scale``)
-LOGIT_SCALE = 10.0
 
 
 def overlapped_digit(
@@ -70,10 +67,18 @@ class CanvasCoverage:
 
 @torch.no_grad()
 def canvas_coverage(
-    model, dataset: MegapixelMNIST, n_patches: int = 10, limit: int | None = None, seed: int = 1234
+    model,
+    dataset: MegapixelMNIST,
+    n_patches: int = 10,
+    limit: int | None = None,
+    seed: int = 1234,
+    *,
+    logit_scale: float,
 ) -> list[CanvasCoverage]:
     """:class:`CanvasCoverage` of the first ``limit`` canvases of ``dataset``: one draw each, the
-    model's own forward pass (so the same draws as ``test_error`` with the same seed)."""
+    model's own forward pass (so the same draws as ``test_error`` with the same seed).
+    ``logit_scale`` is the training run's (``Remedies.logit_scale``): patch logits are that x
+    ``head(f)``, which sets the soft vote's class probabilities."""
     model.eval()
     ats, patch = model.ats, model.ats.patch_size
     gen = torch.Generator().manual_seed(seed)
@@ -96,7 +101,7 @@ def canvas_coverage(
             feats = ats.feature_net(out.patches.reshape(b * n, *out.patches.shape[2:]))
             patch_logits = model.head(feats).reshape(b, n, -1)
             patch_class = patch_logits.argmax(-1).numpy()
-            probs = torch.softmax(LOGIT_SCALE * patch_logits, -1)
+            probs = torch.softmax(logit_scale * patch_logits, -1)
             voted = expectation(out.sampled_attention, probs, ats.replace).argmax(1)
             rows += [
                 _coverage(spec, out.offsets[i], every_offset, flat[i], patch_class[i], patch[0])

@@ -166,7 +166,8 @@ def test_coverage_names_the_digit_a_patch_holds_and_counts_what_a_draw_saw(small
     assert digit.tolist() == [1, 1, -1]
     assert held[0] == 1.0 and held[1] == pytest.approx(64 / 784) and held[2] == 0.0
     torch.manual_seed(0)
-    rows = mnist_coverage.canvas_coverage(mm.MegapixelATS(n_patches=4), small, n_patches=6)
+    model, scale = mm.MegapixelATS(n_patches=4), mm.Remedies().logit_scale
+    rows = mnist_coverage.canvas_coverage(model, small, n_patches=6, logit_scale=scale)
     assert len(rows) == len(small)
     for r in rows:
         assert 0 <= r.label_digits_seen <= 3 and 0 <= r.other_digits_seen <= 2
@@ -177,4 +178,6 @@ def test_coverage_names_the_digit_a_patch_holds_and_counts_what_a_draw_saw(small
     ]
     lines = mnist_coverage.coverage_report(rows, 6)
     assert lines[0].startswith(f"canvases {len(small)}, one draw of N=6 each: error")
-    assert "(soft vote: " in lines[0] and any(ln.startswith("  by canvas label") for ln in lines)
+    vote_error = 100 * (1 - np.mean([r.correct_vote for r in rows]))
+    assert lines[0].endswith(f"% (soft vote: {vote_error:.1f}%)")
+    assert any(ln.startswith("  by canvas label") for ln in lines)
