@@ -88,7 +88,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mnist_coverage import canvas_coverage, coverage_report, overlapped_digit  # noqa: E402
@@ -193,11 +195,32 @@ class PriorAttention(nn.Module):
         self.net = net
         self.prior = float(prior)
         self.temperature = 1.0  # logits / temperature (> 1: flatter attention); not a weight
+        self.per_region = False  # inference read-out: see region_normalized; not a weight
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.net(x)
         logits = logits + self.prior * x if self.prior else logits
-        return logits / self.temperature if self.temperature != 1.0 else logits
+        logits = logits / self.temperature if self.temperature != 1.0 else logits
+        return region_normalized(logits) if self.per_region else logits
+
+
+def region_normalized(logits: Tensor, threshold: float = 0.5) -> Tensor:
+    """Bounded attention logits ``[B, 1, h, w]`` (``log sigmoid``, at most 0) with every connected
+    region of cells above ``log threshold`` (8-neighbours) scaled to the mass of one sure cell: a
+    region's cells keep their ratios, and the region weighs 1 whatever its area; cells outside
+    every region are unchanged. A diagnosis read-out at inference (the grouping has no gradient):
+    how far the attention's area, rather than its regions, decides the canvas."""
+    out = logits.detach().clone()
+    for i in range(out.shape[0]):
+        cells = out[i, 0]
+        regions, count = ndimage.label(
+            (cells > math.log(threshold)).numpy(), structure=np.ones((3, 3))
+        )
+        regions = torch.from_numpy(regions)
+        for r in range(1, count + 1):
+            inside = regions == r
+            cells[inside] -= torch.logsumexp(cells[inside], 0)
+    return out
 
 
 class MegapixelATS(nn.Module):
@@ -414,13 +437,15 @@ class Remedies:
     entropy: float = 1e-4  # the paper's entropy regulariser, kept
     lr_schedule: str = "constant"  # or "cosine": every group's rate x (1 + cos(pi t)) / 2, t the
     # share of the training budget spent (time budgets: the schedule follows the clock)
+    ema: float = 0.0  # > 0: also keep an exponential moving average of the weights with this
+    # decay per step (torch.optim.swa_utils), evaluated beside the trained weights; 0: none
 
 
 #: the Remedies fields that have a command-line flag of the same name
 REMEDY_FLAGS = (
     "explore", "explore_epochs", "strata", "rarity", "n_start", "anneal_epochs",
     "instance_coef", "distill_coef", "lr", "head_lr", "attention_lr", "entropy", "logit_scale",
-    "memory", "replay", "canvas_to_features", "lr_schedule",
+    "memory", "replay", "canvas_to_features", "lr_schedule", "ema",
 )  # fmt: skip
 
 
@@ -592,10 +617,12 @@ def train_remedies(
     clock,
     on_epoch=None,
     log_every: int = 0,
+    averaged: AveragedModel | None = None,
 ) -> TrainLog:
     """Train with :class:`RemediesTrainer` until ``max_epochs`` or ``budget_s`` of ``clock()``
     (the time ``on_epoch(epoch)`` spends evaluating is not counted); ``on_epoch`` may return a
-    dict that is added to the epoch's history row."""
+    dict that is added to the epoch's history row. ``averaged``: updated with the weights after
+    every step (an exponential moving average, see ``Remedies.ema``)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -622,6 +649,8 @@ def train_remedies(
             logits, stats = trainer.step(
                 x_low, y, CanvasPatchSource(data.train, specs), n, explore, gen
             )
+            if averaged is not None:
+                averaged.update_parameters(model)
             for k, v in stats.items():
                 terms.setdefault(k, []).append(v)
             steps += 1
@@ -942,6 +971,12 @@ def main(argv: list[str] | None = None) -> int:
         "of these (comma-separated; > 1 flattens the attention)",
     )
     g.add_argument(
+        "--per-region",
+        action="store_true",
+        help="with --diagnose and --bounded: also the N=10 coverage with every connected region "
+        "of attention cells above 1/2 weighing as one cell (region_normalized)",
+    )
+    g.add_argument(
         "--bounded",
         action="store_true",
         help="attention logits log sigmoid(z): the attention is sigmoid(z) normalised",
@@ -1070,6 +1105,7 @@ def main_remedies(args) -> int:
     torch.manual_seed(args.seed)
     # the paper's architecture, no prior
     model = MegapixelATS(map_stride=args.map_stride, bounded=args.bounded)
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(r.ema)) if r.ema else None
     limit = args.epoch_eval
 
     def on_epoch(epoch: int) -> dict:
@@ -1077,7 +1113,10 @@ def main_remedies(args) -> int:
             return {}
         err = test_error("ats", model, data, n_patches=10, limit=limit)
         share, _ = digit_patch_share(model, data, limit=limit)
-        return {"test_error": err, "on_digits": share}
+        row = {"test_error": err, "on_digits": share}
+        if averaged is not None:
+            row["ema_test_error"] = test_error("ats", averaged.module, data, 10, limit=limit)
+        return row
 
     print("training remedies ...", flush=True)
     log = train_remedies(
@@ -1091,15 +1130,18 @@ def main_remedies(args) -> int:
         clock,
         on_epoch,
         args.log_every,
+        averaged,
     )
     if args.save_model is not None:
         args.save_model.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), args.save_model)
+        if averaged is not None:
+            torch.save(averaged.module.state_dict(), args.save_model.with_suffix(".ema.pt"))
     print("evaluating ...", flush=True)
     eval_ns = [int(v) for v in args.eval_patches.split(",")]
-    curve = {n: test_error("ats", model, data, n_patches=n) for n in eval_ns}
-    error = curve[10] if 10 in curve else test_error("ats", model, data, n_patches=10)
-    share, uniform = digit_patch_share(model, data)
+    finals = {"trained weights": final_errors(model, data, eval_ns)}
+    if averaged is not None:
+        finals[f"weights averaged (EMA {r.ema:g})"] = final_errors(averaged.module, data, eval_ns)
     what = "DEV canvases (training digit pool, new canvases)" if args.dev else "test canvases"
     cmd = " ".join(["python benchmarks/megapixel_mnist.py", *sys.argv[1:]])
     per_epoch = [
@@ -1111,6 +1153,7 @@ def main_remedies(args) -> int:
             if "test_error" in h
             else ""
         )
+        + (f", averaged weights {100 * h['ema_test_error']:.1f}%" if "ema_test_error" in h else "")
         + f", {h['seconds'] / 60:.1f} min training ({args.clock}), {h['wall_seconds'] / 60:.1f} min wall"
         + f" and {h['cpu_seconds'] / 60:.1f} min CPU incl. evaluations"
         for h in log.history
@@ -1148,15 +1191,31 @@ def main_remedies(args) -> int:
         "Per epoch (eval at N=10, one draw per canvas, no exploration):",
         *per_epoch,
         "",
-        f"Final, all {len(data.test)} {what}, N=10: error {100 * error:.1f}%, "
-        f"share of sampled patches on digits {100 * share:.1f}% (uniform over cells: {100 * uniform:.1f}%)",
-        "Error vs patches sampled at test time: "
-        + "  ".join(f"N={n}: {100 * e:.1f}%" for n, e in sorted(curve.items())),
+        *(
+            line
+            for name, (curve, share, uniform) in finals.items()
+            for line in (
+                f"Final, {name}, all {len(data.test)} {what}, N=10: error {100 * curve[10]:.1f}%, "
+                f"share of sampled patches on digits {100 * share:.1f}% "
+                f"(uniform over cells: {100 * uniform:.1f}%)",
+                "Error vs patches sampled at test time: "
+                + "  ".join(f"N={n}: {100 * e:.1f}%" for n, e in sorted(curve.items())),
+            )
+        ),
         "(inference time and memory per canvas are those of the attention-sampling rows of",
         "megapixel_mnist.txt: same networks, same N)",
         "Training history: " + json.dumps(log.history, separators=(",", ":")),
     ]
     return write_result(lines, args.out, t_start)
+
+
+def final_errors(
+    model: MegapixelATS, data: Data, eval_ns: list[int]
+) -> tuple[dict[int, float], float, float]:
+    """The error on all evaluation canvases at each N of ``eval_ns`` (and N = 10), the share of
+    the sampled patches on digits and that share under uniform attention."""
+    curve = {n: test_error("ats", model, data, n_patches=n) for n in sorted({*eval_ns, 10})}
+    return (curve, *digit_patch_share(model, data))
 
 
 def main_diagnose(args) -> int:
@@ -1178,6 +1237,11 @@ def main_diagnose(args) -> int:
         model.ats.attention_net.temperature = t
         lines += [f"attention temperature {t:g} (logits / {t:g}):", *report(10)]
     model.ats.attention_net.temperature = 1.0
+    if args.per_region:
+        model.ats.attention_net.per_region = True
+        lines += ["every attention region (cells above 1/2, 8-connected) weighing one cell:"]
+        lines += report(10)
+        model.ats.attention_net.per_region = False
     print("\n".join(lines), flush=True)
     if args.out != RESULTS / "megapixel_mnist.txt":
         args.out.parent.mkdir(parents=True, exist_ok=True)

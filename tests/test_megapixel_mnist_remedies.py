@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,60 @@ def test_coverage_names_the_digit_a_patch_holds_and_counts_what_a_draw_saw(small
     vote_error = 100 * (1 - np.mean([r.correct_vote for r in rows]))
     assert lines[0].endswith(f"% (soft vote: {vote_error:.1f}%)")
     assert any(ln.startswith("  by canvas label") for ln in lines)
+
+
+def test_train_remedies_averages_the_weights_after_every_step(small, monkeypatch):
+    """``Remedies.ema``: the averaged model is the exponential moving average of the weights the
+    optimiser left after each step (the first step's weights, then ``d avg + (1 - d) w``), and
+    training itself is unchanged by it."""
+    snapshots: list[torch.Tensor] = []
+    original = mm.RemediesTrainer.step
+
+    def recording_step(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        snapshots.append(self.model.head.weight.detach().clone())
+        return out
+
+    monkeypatch.setattr(mm.RemediesTrainer, "step", recording_step)
+    r = mm.Remedies(strata=4, memory=40, n_start=4, ema=0.9)
+    trained = {}
+    for with_average in (False, True):
+        snapshots.clear()
+        torch.manual_seed(0)
+        model = mm.MegapixelATS(n_patches=4)
+        averaged = (
+            mm.AveragedModel(model, multi_avg_fn=mm.get_ema_multi_avg_fn(r.ema))
+            if with_average
+            else None
+        )
+        mm.train_remedies(
+            model, mm.Data(small, small), r, 2, 1, 1e9, 0, time.perf_counter, averaged=averaged
+        )
+        trained[with_average] = model.head.weight.detach().clone()
+    assert len(snapshots) == 4  # 8 canvases, batches of 2
+    expected = snapshots[0]
+    for w in snapshots[1:]:
+        expected = r.ema * expected + (1 - r.ema) * w
+    assert torch.allclose(averaged.module.head.weight, expected, atol=1e-6)
+    assert not torch.allclose(expected, snapshots[-1], atol=1e-4)  # it is not the last weights
+    assert torch.equal(trained[False], trained[True])
+
+
+def test_region_normalized_weighs_each_attention_region_as_one_cell():
+    """Cells above log 1/2 that touch (8-neighbours) form one region, scaled to total mass 1 with
+    their ratios kept; cells outside every region are left as they are."""
+    logits = torch.full((2, 1, 6, 6), -8.0)
+    logits[0, 0, 0:2, 0:2] = torch.tensor([[0.0, -0.1], [-0.2, -0.3]])  # a 2 x 2 region
+    logits[0, 0, 2, 2] = -0.05  # touches the region's corner: the same region
+    logits[0, 0, 5, 5] = -0.4  # a region of one cell
+    logits[0, 0, 4, 0] = -1.0  # sigmoid below 1/2: not a region
+    out = mm.region_normalized(logits)
+    big = torch.cat([out[0, 0, 0:2, 0:2].flatten(), out[0, 0, 2, 2].reshape(1)])
+    assert torch.logsumexp(big, 0) == pytest.approx(0.0, abs=1e-6)
+    assert out[0, 0, 5, 5] == pytest.approx(0.0, abs=1e-6)
+    assert torch.allclose(big - big[0], torch.tensor([0.0, -0.1, -0.2, -0.3, -0.05]), atol=1e-6)
+    outside = torch.ones(6, 6, dtype=torch.bool)
+    outside[0:3, 0:3] = False
+    outside[5, 5] = False
+    assert torch.equal(out[0, 0][outside], logits[0, 0][outside])
+    assert torch.equal(out[1], logits[1])  # no cell above 1/2: unchanged
