@@ -224,7 +224,9 @@ def region_normalized(logits: Tensor, threshold: float = 0.5) -> Tensor:
 
 
 class MegapixelATS(nn.Module):
-    """Attention sampling + linear head: ``(x_low [B,1,180,180], source) -> logits [B, 10]``."""
+    """Attention sampling + linear head: ``(x_low [B,1,180,180], source) -> logits [B, 10]``
+    (``head_hidden > 0``: a head with one hidden ReLU layer of that width instead, so that the
+    canvas class need not be linear in the attention-weighted mean of the features)."""
 
     def __init__(
         self,
@@ -234,6 +236,7 @@ class MegapixelATS(nn.Module):
         prior: float = 0.0,
         map_stride: int = 1,
         bounded: bool = False,
+        head_hidden: int = 0,
     ) -> None:
         super().__init__()
         if prior and map_stride > 1:
@@ -247,7 +250,11 @@ class MegapixelATS(nn.Module):
             attention_regularizer=regularizer,
             pad_value=0.0,
         )
-        self.head = nn.Linear(32, 10)
+        self.head = (
+            nn.Sequential(nn.Linear(32, head_hidden), nn.ReLU(), nn.Linear(head_hidden, 10))
+            if head_hidden
+            else nn.Linear(32, 10)
+        )
         self.map_stride = map_stride
         self.to(memory_format=torch.channels_last)
 
@@ -971,6 +978,12 @@ def main(argv: list[str] | None = None) -> int:
         "of these (comma-separated; > 1 flattens the attention)",
     )
     g.add_argument(
+        "--head-hidden",
+        type=int,
+        default=0,
+        help="a head with one hidden ReLU layer of this width (0: the paper's linear head)",
+    )
+    g.add_argument(
         "--per-region",
         action="store_true",
         help="with --diagnose and --bounded: also the N=10 coverage with every connected region "
@@ -1104,7 +1117,9 @@ def main_remedies(args) -> int:
     data = make_data(args.n_train, args.n_test, args.seed, dev=args.dev)
     torch.manual_seed(args.seed)
     # the paper's architecture, no prior
-    model = MegapixelATS(map_stride=args.map_stride, bounded=args.bounded)
+    model = MegapixelATS(
+        map_stride=args.map_stride, bounded=args.bounded, head_hidden=args.head_hidden
+    )
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(r.ema)) if r.ema else None
     limit = args.epoch_eval
 
@@ -1165,7 +1180,13 @@ def main_remedies(args) -> int:
         f"{os.getloadavg()[0]:.1f} at the end; torch threads {torch.get_num_threads()}",
         "",
         "Model: the paper's architecture (attention net on the 180 x 180 view, feature net on 50 x 50",
-        "patches, 10 patches without replacement, linear head), no prior"
+        "patches, 10 patches without replacement, "
+        + (
+            f"a head with a hidden layer of {args.head_hidden}"
+            if args.head_hidden
+            else "linear head"
+        )
+        + "), no prior"
         + (
             f"; attention logits max-pooled over {args.map_stride} x {args.map_stride} low-res "
             f"pixels ({180 // args.map_stride} x {180 // args.map_stride} cells)"
@@ -1221,7 +1242,9 @@ def final_errors(
 def main_diagnose(args) -> int:
     """Coverage of a saved remedies model (``--diagnose``): see ``mnist_coverage.py``."""
     data = make_data(args.n_train, args.n_test, args.seed, dev=args.dev)
-    model = MegapixelATS(map_stride=args.map_stride, bounded=args.bounded)
+    model = MegapixelATS(
+        map_stride=args.map_stride, bounded=args.bounded, head_hidden=args.head_hidden
+    )
     model.load_state_dict(torch.load(args.diagnose, map_location="cpu", weights_only=True))
     what = "development canvases" if args.dev else "test canvases"
     cmd = " ".join(["python benchmarks/megapixel_mnist.py", *sys.argv[1:]])
