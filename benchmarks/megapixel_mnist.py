@@ -68,8 +68,11 @@ Usage (from the repository root, after ``pip install -e '.[bench]'``)::
     python benchmarks/megapixel_mnist.py                  # the benchmark (about 80 minutes)
     python benchmarks/megapixel_mnist.py --eval-only      # re-evaluate the models it saved
     python benchmarks/megapixel_mnist.py --remedies --threads 1 --remedies-budget-min 60 \
-        --clock cpu --lr 3e-3 --head-lr 1e-3 --rarity 2 --attention-lr 1e-3 --anneal-epochs 1
-        # remedies, no prior: 60 minutes of this process's CPU time on one thread
+        --clock cpu --lr 3e-3 --head-lr 1e-3 --rarity 2 --attention-lr 1e-3 --anneal-epochs 1 \
+        --map-stride 3 --bounded --ema 0.995
+        # remedies, no prior: 60 minutes of this process's CPU time on one thread, attention cells
+        # of 3 x 3 low-res pixels, bounded attention logits, the weights' moving average evaluated
+        # beside them (BENCHMARKS.md, fourteenth and fifteenth rounds)
 """
 
 from __future__ import annotations
@@ -966,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument(
         "--diagnose",
         type=Path,
-        help="load a model saved by --save-model (same --map-stride and --bounded) and print "
+        help="load a model saved by --save-model (same --map-stride, --bounded and --head-hidden) and print "
         "which digits its patches see and how its attention splits between them "
         "(mnist_coverage.py), on the test canvases (--dev: development canvases)",
     )
