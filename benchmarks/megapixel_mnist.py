@@ -616,6 +616,12 @@ class RemediesTrainer:
         }
 
 
+def weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
+    """The exponential moving average of ``model``'s weights with ``decay`` per update
+    (``Remedies.ema``; ``torch.optim.swa_utils``), or ``None`` when ``decay`` is 0."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay else None
+
+
 def train_remedies(
     model: MegapixelATS,
     data: Data,
@@ -969,8 +975,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument(
         "--diagnose",
         type=Path,
-        help="load a model saved by --save-model (same --map-stride, --bounded and --head-hidden) and print "
-        "which digits its patches see and how its attention splits between them "
+        help="load a model saved by --save-model (same --map-stride, --bounded and --head-hidden) "
+        "and print which digits its patches see and how its attention splits between them "
         "(mnist_coverage.py), on the test canvases (--dev: development canvases)",
     )
     g.add_argument(
@@ -1123,7 +1129,7 @@ def main_remedies(args) -> int:
     model = MegapixelATS(
         map_stride=args.map_stride, bounded=args.bounded, head_hidden=args.head_hidden
     )
-    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(r.ema)) if r.ema else None
+    averaged = weight_average(model, r.ema)
     limit = args.epoch_eval
 
     def on_epoch(epoch: int) -> dict:

@@ -203,11 +203,7 @@ def test_train_remedies_averages_the_weights_after_every_step(small, monkeypatch
         snapshots.clear()
         torch.manual_seed(0)
         model = mm.MegapixelATS(n_patches=4)
-        averaged = (
-            mm.AveragedModel(model, multi_avg_fn=mm.get_ema_multi_avg_fn(r.ema))
-            if with_average
-            else None
-        )
+        averaged = mm.weight_average(model, r.ema if with_average else 0.0)
         mm.train_remedies(
             model, mm.Data(small, small), r, 2, 1, 1e9, 0, time.perf_counter, averaged=averaged
         )
