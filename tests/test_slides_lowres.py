@@ -122,6 +122,24 @@ def test_tissue_mask_fills_pale_regions_inside_tissue_but_not_large_holes():
     assert not tissue_mask(img, max_hole_fraction=1e-4)[core].any()  # the earlier rule: a hole
 
 
+def test_saturation_value_equals_skimage_rgb2hsv_bit_for_bit():
+    """The tissue mask's saturation and value skip the hue; they must be skimage's exactly (grey
+    and black pixels included), for uint8 and float images."""
+    from skimage.color import rgb2hsv
+
+    from wsi_ats.slides.tissue import saturation_value
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (97, 61, 3)).astype(np.uint8)
+    img[:5] = 0  # black: value 0, saturation 0 (0 / 0 in the formula)
+    img[5:10] = img[5:10, :, :1]  # greys: delta 0
+    for image in (img, img / 255.0):
+        sat, val = saturation_value(image)
+        hsv = rgb2hsv(image)
+        assert np.array_equal(sat, hsv[..., 1]) and np.array_equal(val, hsv[..., 2])
+        assert sat.dtype == np.float64 and not np.isnan(sat).any()
+
+
 def test_tissue_mask_of_a_blank_view_is_empty():
     assert not tissue_mask(np.full((64, 64, 3), 255, np.uint8)).any()
     noisy = np.random.default_rng(1).integers(240, 256, (64, 64, 3)).astype(np.uint8)

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
-from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import closing, disk, opening, remove_small_holes, remove_small_objects
+from skimage.util import img_as_float
+
+
+def saturation_value(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HSV saturation and value of ``image`` (``[h, w, 3]``), float64, equal bit for bit to
+    ``skimage.color.rgb2hsv``'s channels 1 and 2 without computing the hue: max and min per pixel
+    are taken before the conversion to float (the conversion is monotonic, so they commute)."""
+    v = img_as_float(image.max(axis=-1))
+    delta = v - img_as_float(image.min(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = delta / v
+    s[delta == 0.0] = 0.0
+    return s, v
 
 
 def tissue_mask(
@@ -34,8 +46,7 @@ def tissue_mask(
     h, w = image.shape[:2]
     if h == 0 or w == 0:
         return np.zeros((h, w), dtype=bool)
-    hsv = rgb2hsv(image)
-    sat, val = hsv[..., 1], hsv[..., 2]
+    sat, val = saturation_value(image)
     threshold = min_saturation
     if float(sat.max()) - float(sat.min()) > 1e-6:
         threshold = max(float(threshold_otsu(sat)), min_saturation)
