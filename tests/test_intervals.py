@@ -14,6 +14,7 @@ from scipy import stats
 from tiny_cohort import CONFIG, tissue_slide
 
 from wsi_ats.inference import predict_slide
+from wsi_ats.inference.adaptive import decided
 from wsi_ats.intervals import halfwidth, logit_interval, probability_interval, sigmoid
 from wsi_ats.models import build_model
 from wsi_ats.slides import open_slide
@@ -114,3 +115,30 @@ def test_target_halfwidth_draws_rounds_until_narrow(model, slides) -> None:
     assert pred.locations.shape[0] == n
     capped = predict_slide(path, model, n_draws=2, seed=0, target_halfwidth=1e-12, max_draws=7)
     assert capped.n_draws == 7 and len(capped.draw_probabilities) == 7
+
+
+def test_decision_rule_draws_rounds_while_the_interval_contains_the_threshold(slides) -> None:
+    """``predict.decision_max_draws``: rounds of ``n_draws`` are added while the 95% interval
+    contains ``predict.threshold`` and not one round after it stops doing so, up to the cap; a
+    slide whose first interval already excludes the threshold keeps its first round."""
+    path = slides[3]
+    plain = build_model(CONFIG.replace(predict={"n_draws": 2}), seed=0).eval()
+    base = predict_slide(path, plain, seed=0)
+    assert base.n_draws == 2 and math.isfinite(base.ci_high)
+
+    def rule(threshold: float, cap: int):
+        predict = {"n_draws": 2, "decision_max_draws": cap, "threshold": threshold}
+        return predict_slide(path, build_model(CONFIG.replace(predict=predict), seed=0), seed=0)
+
+    far = 0.5 * (base.ci_high + 1.0)  # above the first interval: decided at once
+    assert rule(far, 12).n_draws == 2 and decided(base.draw_logits, far)
+    pred = rule(base.probability, 12)  # the estimate itself: inside the first interval
+    n = pred.n_draws
+    assert 2 < n <= 12 and n % 2 == 0 and pred.draw_logits.shape == (n,)
+    np.testing.assert_array_equal(pred.cells[:2], base.cells)  # round 0 = the plain draws
+    assert not decided(pred.draw_logits[: n - 2], base.probability)  # every round was needed
+    assert n == 12 or decided(pred.draw_logits, base.probability)  # stopped: decided or capped
+    capped = rule(base.probability, 3)  # a cap that cuts the second round
+    assert capped.n_draws == 3
+    np.testing.assert_allclose(capped.draw_logits, pred.draw_logits[:3], atol=1e-5)  # batching
+    assert rule(base.probability, 0).n_draws == 2  # 0 = exactly n_draws

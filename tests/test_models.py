@@ -31,7 +31,8 @@ def test_shipped_pipelines_parse(name: str) -> None:
     if name == "default.toml":  # real slides: 256 px tiles at 0.5 um/px, one cell per tile
         assert cfg.slide.physical and (cfg.slide.tile_mpp, cfg.slide.tile_size) == (0.5, 256)
         assert cfg.diff(PipelineConfig()) == [
-            "slide.tile_mpp", "attention.map_stride", "predict.tile_batch_size"
+            "slide.tile_mpp", "attention.map_stride", "predict.n_draws",
+            "predict.tile_batch_size", "predict.decision_max_draws",
         ]  # fmt: skip
 
 
@@ -53,6 +54,10 @@ BAD_SPECS = [
     ("[train]\ncontrast_decay = 0.0\n", r"bad\.toml.*train\.contrast_decay must be in"),
     ("[train]\ninstance_scale = 0.0\n", r"bad\.toml.*train\.instance_scale must be > 0"),
     ("[head]\nlogit_scale = -1.0\n", r"bad\.toml.*head\.logit_scale must be > 0"),
+    (
+        "[predict]\ndecision_max_draws = -4\n",
+        r"bad\.toml.*predict\.decision_max_draws must be >= 0",
+    ),
     ("[nonsense]\n", "unknown section"),
 ]
 

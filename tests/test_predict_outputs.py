@@ -192,3 +192,31 @@ def test_target_halfwidth_adds_draws_up_to_max_draws(
             (ref.probability, ref.ci_low, ref.ci_high), abs=1e-6
         )
         assert row.ci_low < row.probability < row.ci_high
+
+
+def test_decision_rule_adds_rounds_on_the_cluster_as_predict_slide_does(
+    cohort: dict[str, Path], scheduler: str, tmp_path: Path
+) -> None:
+    """``predict.decision_max_draws`` on the cluster: a slide whose interval contains the threshold
+    gets rounds of ``n_draws`` more (the finish task reads them), with the draws and values
+    ``predict_slide`` gives in one process."""
+    from wsi_ats.inference import predict_slide
+    from wsi_ats.models import load_model, save_checkpoint
+
+    plain = load_model(cohort["model"])
+    path = cohort["root"] / "n0.tiff"
+    first = predict_slide(path, plain, seed=3, slide_id="n0")  # the model's 2 draws
+    predict = {"decision_max_draws": 6, "threshold": first.probability}  # inside n0's interval
+    model = load_model(cohort["model"], config=plain.config.replace(predict=predict))
+    checkpoint = save_checkpoint(tmp_path / "rule" / "model.pt", model, 0)
+    out = tmp_path / "out"
+    textured = {**cohort, "manifest": cohort["noisy_manifest"]}
+    assert _predict(textured, scheduler, out, "--model", str(checkpoint), "--seed", "3") == 0
+    df = pd.read_csv(out / "predictions.csv").set_index("slide_id")
+    assert df.loc["n0", "n_draws"] > 2
+    for slide_id, row in df.iterrows():
+        ref = predict_slide(cohort["root"] / f"{slide_id}.tiff", model, seed=3, slide_id=slide_id)
+        assert row["n_draws"] == ref.n_draws
+        assert (row["probability"], row["ci_low"], row["ci_high"]) == pytest.approx(
+            (ref.probability, ref.ci_low, ref.ci_high), abs=1e-6
+        )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_ats.inference.adaptive import MAX_DRAWS, draw_until
+from wsi_ats.inference.adaptive import MAX_DRAWS, extend_draws
 from wsi_ats.models import SlideClassifier, load_model
 from wsi_ats.slides import Slide, open_slide
 from wsi_ats.stages import (
@@ -46,6 +46,8 @@ def predict_slide(
         target_halfwidth: keep drawing rounds of ``n_draws`` until the 95% interval of the
             probability (``ci_low, ci_high``, see :mod:`wsi_ats.intervals`) has a half-width below
             it, or ``max_draws`` draws are used (:func:`~wsi_ats.inference.adaptive.draw_until`).
+            Without it, a spec's ``predict.decision_max_draws`` above ``n_draws`` adds rounds
+            while the interval contains ``predict.threshold``, up to that many draws.
         mpp: the slide's level-0 um/px, overriding its own (physical geometry, ``slide.tile_mpp``;
             as a manifest's ``mpp`` column).
 
@@ -80,6 +82,4 @@ def _sample_and_features(
 ) -> tuple[SlideSample, np.ndarray]:
     smp = sample_slide(view, model, n_draws, seed)
     feats = unique_tile_features(model, smp, slide)
-    if target_halfwidth is not None:
-        smp, feats = draw_until(model, view, smp, feats, slide, target_halfwidth, max_draws, seed)
-    return smp, feats
+    return extend_draws(model, view, smp, feats, slide, target_halfwidth, max_draws, seed)

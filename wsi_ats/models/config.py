@@ -182,6 +182,9 @@ class PredictConfig:
     seed: int = 0  # run seed; per-slide seeds derive from (seed, slide_id)
     tile_batch_size: int = 128  # tiles per forward pass of the feature network
     threshold: float = 0.5  # prediction = probability >= threshold
+    # > n_draws: while the 95% interval of the probability contains threshold, rounds of n_draws
+    # more draws, up to this many in all (a borderline slide gets more tiles); 0 = exactly n_draws
+    decision_max_draws: int = 0
 
 
 SECTIONS: dict[str, type] = {
@@ -518,6 +521,7 @@ def _validate(cfg: PipelineConfig) -> None:
         (cfg.predict.n_draws >= 1, "predict.n_draws must be >= 1"),
         (cfg.predict.tile_batch_size >= 1, "predict.tile_batch_size must be >= 1"),
         (0.0 < cfg.predict.threshold < 1.0, "predict.threshold must be in (0, 1)"),
+        (cfg.predict.decision_max_draws >= 0, "predict.decision_max_draws must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:

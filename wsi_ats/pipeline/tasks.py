@@ -21,7 +21,7 @@ import torch
 from wsi_ats import stages
 from wsi_ats.atomic import atomic_write_bytes
 from wsi_ats.cohort.paths import slide_dir
-from wsi_ats.inference.adaptive import MAX_DRAWS, draw_until
+from wsi_ats.inference.adaptive import MAX_DRAWS, extend_draws, may_extend
 from wsi_ats.inference.outputs import write_slide_outputs
 from wsi_ats.pipeline.state import clear_error
 from wsi_ats.slides import open_slide
@@ -138,16 +138,18 @@ def finish_task(
 
     With ``target_halfwidth`` the first round of draws is extended here, round by round, until the
     probability's 95% interval is narrower (:func:`~wsi_ats.inference.adaptive.draw_until`, run
-    ``seed``), reading the extra tiles itself.
+    ``seed``), reading the extra tiles itself; without it, while the interval contains the
+    threshold when the spec's ``predict.decision_max_draws`` allows more draws
+    (:func:`~wsi_ats.inference.adaptive.extend_draws`).
 
     With ``save_features`` the slide's sampled tile features are kept too, as ``features.npy``
     (float32 ``[T*N, D]``, rows in the order of ``coords.csv``), before ``prediction.json``.
     """
     m = resolve_model(model)
     feats = features[index]
-    if target_halfwidth is not None:
+    if may_extend(m, sample, target_halfwidth):
         with open_slide(sample.path) as slide:
-            sample, feats = draw_until(
+            sample, feats = extend_draws(
                 m, view, sample, feats, slide, target_halfwidth, max_draws, seed
             )
     pred = stages.aggregate_slide(m, sample, feats)
