@@ -12,13 +12,21 @@ For each slide (``wsi_ats.synth.write_synthetic_slide`` at ``--mpp``, JPEG pyram
      the pixel-geometry spec ``pipelines/synthetic.toml`` (512 px view, 64 px tiles at level 0) on
      the same slide shows what the former default could see;
    - ``predict_slide`` end to end (open, low-res view, tissue mask, attention, ``n_draws x N``
-     cells, those tiles read, features, aggregation) with an untrained model of the spec (weights do
-     not change the cost), for each ``--draws`` (the spec's is 8): the median of ``--repeats`` runs
-     after one warm-up run; distinct tiles read;
+     cells, those tiles read, features, aggregation) with the spec's rule for the number of draws
+     (``predict.n_draws``, and more rounds while ``predict.decision_max_draws`` allows and the
+     interval contains the threshold), then with each fixed number of ``--draws``: the
+     median of ``--repeats`` runs after one warm-up run; distinct tiles read (a tile drawn in more
+     than one draw is read and featurised once), the probability, and how many of the draws' tiles
+     sit on a candidate or a malignant spot (the slide's known layout) against a uniform draw over
+     the tissue tiles. The model is an untrained one of ``--spec`` or, with ``--model``, a trained
+     checkpoint: its weights do not change the cost of a tile, but a trained attention concentrates
+     the draws, so that they repeat tiles and fewer distinct tiles are read;
 2. dense tiling with the same tiles and feature network on the same slide: every tissue tile of the
    same grid (the tiles of the attention cells on tissue) read at the same level
    and pushed through ``stages.tile_features``. Only a random subset of ``--dense-tiles`` tissue
-   tiles is timed (read + features, batches of ``predict.tile_batch_size``); the time per slide is
+   tiles is timed (read + features, batches of ``predict.tile_batch_size``), after one untimed
+   read of the same tiles, so that both sides are timed with their tiles in the page cache (the
+   sampling side is the median of runs after a warm-up run); the time per slide is
    the view and mask time plus tissue tiles x the measured time per tile: **extrapolated**, and the
    output says so.
 
@@ -40,6 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = ROOT / "pipelines" / "default.toml"
@@ -47,21 +56,22 @@ PIXEL_SPEC = ROOT / "pipelines" / "synthetic.toml"
 N_POINTS = 1_000_000
 
 
-def slide_path(cache: Path, size: int, mpp: float) -> Path:
-    return cache / f"slide_{size}_{mpp:g}mpp.tiff"
+def slide_path(cache: Path, size: int, mpp: float, label: int = 1) -> Path:
+    """The cached slide of ``size`` and ``label`` (seed 0: the same tissue and spots either label)."""
+    return cache / (f"slide_{size}_{mpp:g}mpp" + ("" if label == 1 else f"_label{label}") + ".tiff")
 
 
-def ensure_slide(cache: Path, size: int, mpp: float) -> tuple[Path, float | None]:
+def ensure_slide(cache: Path, size: int, mpp: float, label: int = 1) -> tuple[Path, float | None]:
     """The cached synthetic slide (written now when missing) and the seconds it took to write."""
     from wsi_ats.synth import write_synthetic_slide
 
-    path = slide_path(cache, size, mpp)
+    path = slide_path(cache, size, mpp, label)
     if path.exists():
         return path, None
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp_{path.name}")
     t0 = time.perf_counter()
-    write_synthetic_slide(tmp, size, seed=0, label=1, mpp=mpp, compression="jpeg")
+    write_synthetic_slide(tmp, size, seed=0, label=label, mpp=mpp, compression="jpeg")
     os.replace(tmp, path)
     return path, time.perf_counter() - t0
 
@@ -120,12 +130,15 @@ def run_child(path: Path, args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from wsi_ats.models import PipelineConfig, build_model
+    from wsi_ats.models import PipelineConfig, build_model, load_model
     from wsi_ats.slides import open_slide
     from wsi_ats.stages import view_slide
 
     cfg = PipelineConfig.from_toml(args.spec)
-    model = build_model(cfg, seed=0).eval()
+    if args.model is not None:  # its weights, with this spec's prediction settings
+        model = load_model(args.model, config=cfg)
+    else:
+        model = build_model(cfg, seed=0).eval()
     rng = np.random.default_rng(0)
     out: dict = {"path": str(path), "file_gb": round(path.stat().st_size / 1e9, 2)}
     with open_slide(path) as slide:
@@ -162,8 +175,11 @@ def ats_part(path: Path, view, cfg, model, rng: np.random.Generator, args) -> di
     }
     pixel_cfg = PipelineConfig.from_toml(PIXEL_SPEC)
     out["pixel_geometry"] = sampleable_share(view_slide(path, pixel_cfg), pixel_cfg, rng)
+    spots = spot_boxes(path, args.size_of[str(path)], args.label_of[str(path)])
+    fixed = cfg.replace(predict={"decision_max_draws": 0})
     runs = []
-    for n_draws in args.draws:
+    for n_draws in [None, *args.draws]:  # None: the spec's own rule; then fixed numbers of draws
+        model.config = cfg if n_draws is None else fixed
         t0 = time.perf_counter()
         pred = predict_slide(path, model, n_draws=n_draws, seed=0)
         first = time.perf_counter() - t0
@@ -174,42 +190,83 @@ def ats_part(path: Path, view, cfg, model, rng: np.random.Generator, args) -> di
             times.append(time.perf_counter() - t0)
         runs.append(
             {
-                "n_draws": n_draws,
+                "rule": "spec" if n_draws is None else "fixed",
+                "n_draws": int(pred.n_draws),
                 "n_patches": pred.n_patches,
                 "first_s": first,
                 "s": float(np.median(times)),
                 "times_s": [round(t, 2) for t in times],
                 "tiles_read": int(pred.n_tiles_read),
+                "probability": float(pred.probability),
+                **spot_shares(pred, view, cfg, spots),
             }
         )
     out["ats"] = runs
     return out
 
 
-def dense_part(path: Path, view, cfg, model, rng: np.random.Generator, args) -> dict:
-    """Dense tiling on the same tile grid (the cells on tissue): a timed random subset."""
+def spot_boxes(path: Path, size: int, label: int) -> dict[str, np.ndarray]:
+    """Level-0 boxes ``(x, y, w, h)`` of the slide's candidate spots and of its malignant ones (the
+    layout ``ensure_slide`` wrote: seed 0, recomputed without pixels)."""
+    from wsi_ats.synth import slide_layout
+
+    spots = slide_layout(size, seed=0, label=label).spots
+    boxes = {
+        "spot": [s.box for s in spots if s.kind in ("benign", "malignant")],
+        "malignant": [s.box for s in spots if s.kind == "malignant"],
+    }
+    return {k: np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in boxes.items()}
+
+
+def spot_shares(pred, view, cfg, boxes: dict[str, np.ndarray]) -> dict:
+    """Share of the draws' tiles on a candidate / malignant spot, and the same for a uniform draw
+    over the tissue tiles (the attention's concentration, in the units of the tiles read)."""
+    from wsi_ats.synth.lesions import tile_hits
+
+    size = pred.tile_size_level0
+    dense = tissue_tile_locations(view, cfg)
+    out = {}
+    for kind, b in boxes.items():
+        out[f"on_{kind}"] = float(tile_hits(pred.locations.reshape(-1, 2), size, b).mean())
+        out[f"uniform_on_{kind}"] = float(tile_hits(dense, size, b).mean())
+    return out
+
+
+def tissue_tile_locations(view, cfg) -> np.ndarray:
+    """Level-0 ``(x, y)`` of every tile of the attention cells on tissue: the dense tiling."""
     import torch
 
     from wsi_ats.core import mask_to_map
-    from wsi_ats.slides import open_slide
-    from wsi_ats.stages import cell_tile_locations, read_tiles, tile_features
+    from wsi_ats.stages import cell_tile_locations
 
     map_size = map_size_of(view, cfg)
     tissue = mask_to_map(torch.from_numpy(view.mask)[None], map_size)[0].reshape(-1)
     cells = torch.nonzero(tissue)[:, 0]
-    locs = cell_tile_locations(cells[None], map_size, view, cfg)[0].reshape(-1, 2)
+    return np.asarray(cell_tile_locations(cells[None], map_size, view, cfg)[0]).reshape(-1, 2)
+
+
+def dense_part(path: Path, view, cfg, model, rng: np.random.Generator, args) -> dict:
+    """Dense tiling on the same tile grid (the cells on tissue): a timed random subset."""
+    import torch
+
+    from wsi_ats.slides import open_slide
+    from wsi_ats.stages import read_tiles, tile_features
+
+    locs = tissue_tile_locations(view, cfg)
     subset = locs[rng.permutation(len(locs))[: args.dense_tiles]]
     size = (view.read_size, view.read_size)
     out_size = None if view.tile_size == view.read_size else (view.tile_size,) * 2
     batch = cfg.predict.tile_batch_size
-    t0 = time.perf_counter()
     with open_slide(path) as slide, torch.no_grad():
+        for start in range(0, len(subset), batch):  # untimed: the same tiles warm the page cache
+            read_tiles(slide, subset[start : start + batch], view.read_level, size, out_size)
+        t0 = time.perf_counter()
         for start in range(0, len(subset), batch):
             tiles = read_tiles(
                 slide, subset[start : start + batch], view.read_level, size, out_size
             )
             tile_features(model, tiles, batch_size=batch)
-    t_sub = time.perf_counter() - t0
+        t_sub = time.perf_counter() - t0
     per_tile = t_sub / len(subset)
     return {
         "dense": {
@@ -225,20 +282,35 @@ def dense_part(path: Path, view, cfg, model, rng: np.random.Generator, args) -> 
 def report(rows: list[dict], args: argparse.Namespace) -> list[str]:
     lines = [
         "# real-scale geometry: synthetic slides at "
-        f"{args.mpp:g} um/px, spec {Path(args.spec).relative_to(ROOT)}",
+        f"{args.mpp:g} um/px, "
+        + (
+            f"trained model {args.model} with the prediction settings of "
+            f"{Path(args.spec).resolve().relative_to(ROOT)}"
+            if args.model is not None
+            else f"untrained model of the spec {Path(args.spec).relative_to(ROOT)}"
+        ),
         f"# machine: {platform.machine()}, {os.cpu_count()} cores ({platform.processor() or '?'}), "
         f"torch threads {args.threads}, load average at start {args.load_start:.2f} (cores "
         "shared with other jobs)",
         f"# command: python benchmarks/real_scale.py {' '.join(sys.argv[1:])}",
         "",
     ]
+    from wsi_ats.models import PipelineConfig
+
+    predict = PipelineConfig.from_toml(args.spec).predict
+    cfg_rule = f"{predict.n_draws} draws"
+    if predict.decision_max_draws > predict.n_draws:
+        cfg_rule += (
+            f", rounds of {predict.n_draws} more while the 95% interval contains "
+            f"{predict.threshold:g}, up to {predict.decision_max_draws}"
+        )
     for r in rows:
         g, p, d = r["geometry"], r["pixel_geometry"], r["dense"]
         w, h = r["dimensions"]
         dense_s = r["dense_view_s"] + d["slide_s"]
         lines += [
-            f"## {w} x {h} px slide, {r['file_gb']} GB TIFF, mpp {r['mpp'][0]:g}, "
-            f"level downsamples {r['levels']}"
+            f"## {w} x {h} px slide, label {r['label']}, {r['file_gb']} GB TIFF, mpp "
+            f"{r['mpp'][0]:g}, level downsamples {r['levels']}"
             + (f", written in {r['write_s']:.0f} s" if r.get("write_s") else " (cached)"),
             f"tiles: {g['tile_size']} px at 0.5 um/px, read at level {g['read_level']} "
             f"(downsample {g['read_downsample']:g}) as {g['read_size']} px "
@@ -256,12 +328,20 @@ def report(rows: list[dict], args: argparse.Namespace) -> list[str]:
             f"+ {d['tissue_tiles']} tiles); peak RSS {r['dense_peak_rss_mib']:.0f} MiB",
         ]
         for a in r["ats"]:
+            rule = (
+                f"the spec's rule ({cfg_rule}): {a['n_draws']} draws"
+                if a["rule"] == "spec"
+                else f"{a['n_draws']} draw(s), fixed"
+            )
             lines.append(
-                f"attention sampling, {a['n_draws']} draw(s) x N = {a['n_patches']}: "
+                f"attention sampling, {rule} x N = {a['n_patches']}: "
                 f"{a['s']:.2f} s per slide (median of {len(a['times_s'])} after a warm-up: "
                 f"{a['times_s']}; first {a['first_s']:.2f} s), {a['tiles_read']} distinct tiles "
                 f"read ({d['tissue_tiles'] / a['tiles_read']:.0f}x fewer than dense): "
-                f"{dense_s / a['s']:.0f}x faster than dense"
+                f"{dense_s / a['s']:.0f}x faster than dense; probability {a['probability']:.3f}; "
+                f"tiles on a candidate spot {a['on_spot']:.1%} (uniform over tissue "
+                f"{a['uniform_on_spot']:.1%}), on a malignant spot {a['on_malignant']:.1%} "
+                f"(uniform {a['uniform_on_malignant']:.1%})"
             )
         lines += [
             f"peak RSS, attention-sampling process (geometry checks and every run above): "
@@ -276,30 +356,50 @@ def main() -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     p.add_argument("--mpp", type=float, default=0.25)
     p.add_argument("--spec", type=Path, default=DEFAULT_SPEC)
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="a trained checkpoint (model.pt or run folder) to measure instead of an untrained "
+        "model of --spec (--spec's prediction settings are used; architectures must match)",
+    )
+    p.add_argument(
+        "--labels", type=int, nargs="+", default=[1], help="labels of the slides (seed 0) per size"
+    )
     p.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "_cache" / "real_scale")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dense-tiles", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, help="also write the report here")
     p.add_argument(
-        "--draws", type=int, nargs="+", default=[8, 4, 1], help="n_draws of the runs (spec: 8)"
+        "--draws",
+        type=int,
+        nargs="+",
+        default=[8, 4, 2, 1],
+        help="fixed numbers of draws measured after the spec's own rule",
     )
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--child-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--child-label", type=int, help=argparse.SUPPRESS)
     p.add_argument("--part", choices=("ats", "dense"), default="ats", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
+        args.size_of = {str(args.child): args.child_size}
+        args.label_of = {str(args.child): args.child_label}
         print(json.dumps(run_child(args.child, args)))
         return 0
     args.load_start = os.getloadavg()[0]
     rows = []
-    for size in args.sizes:
-        path, write_s = ensure_slide(args.cache, size, args.mpp)
+    for size, label in ((s, lab) for s in args.sizes for lab in args.labels):
+        path, write_s = ensure_slide(args.cache, size, args.mpp, label)
         parts = {}
         for part in ("ats", "dense"):
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path)]
             cmd += ["--part", part, "--spec", str(args.spec), "--repeats", str(args.repeats)]
             cmd += ["--dense-tiles", str(args.dense_tiles), "--threads", str(args.threads)]
-            cmd += ["--draws", *map(str, args.draws)]
+            cmd += ["--draws", *map(str, args.draws), "--child-size", str(size)]
+            cmd += ["--child-label", str(label)]
+            if args.model is not None:
+                cmd += ["--model", str(args.model)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise SystemExit(f"measuring {path} ({part}) failed:\n{proc.stderr[-3000:]}")
@@ -309,15 +409,11 @@ def main() -> int:
         row["dense_view_s"] = parts["dense"]["view_s"]
         row["dense_peak_rss_mib"] = parts["dense"]["peak_rss_mib"]
         row["write_s"] = write_s
+        row["label"] = label
         rows.append(row)
     lines = report(rows, args)
     lines.append(f"# load average at the end: {os.getloadavg()[0]:.2f}")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":
