@@ -19,7 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, type=Path, help="RUN/model.pt (or the run folder)")
     p.add_argument("--out", required=True, type=Path, help="image to write: .png, .jpg or .tif")
     p.add_argument(
-        "--draws", type=positive_int, help="draws of N tiles (default: the model's n_draws)"
+        "--draws",
+        type=positive_int,
+        help="draws of N tiles in the first round (default: the model's n_draws; its "
+        "predict.decision_max_draws adds rounds while the decision is open)",
     )
     p.add_argument("--seed", type=int, help="run seed (default: the model's predict.seed)")
     p.add_argument(

@@ -74,7 +74,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="slides whose tiles share one feature pass",
     )
     p.add_argument(
-        "--n-draws", type=positive_int, default=None, help="draws per slide (default: the model's)"
+        "--n-draws",
+        type=positive_int,
+        default=None,
+        help="draws per slide in the first round (default: the model's); the model's "
+        "predict.decision_max_draws adds rounds while the 95%% interval contains the threshold",
     )
     p.add_argument(
         "--target-halfwidth",
@@ -82,8 +86,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         metavar="W",
         help="keep drawing rounds of --n-draws per slide until the probability's 95%% interval "
-        "(ci_low, ci_high) has a half-width below W, or --max-draws are used (default: one "
-        "round, no target)",
+        "(ci_low, ci_high) has a half-width below W, or --max-draws are used (default: no "
+        "target; one round, or the model's decision rule)",
     )
     p.add_argument(
         "--max-draws",
