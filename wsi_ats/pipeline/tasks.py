@@ -21,7 +21,7 @@ import torch
 from wsi_ats import stages
 from wsi_ats.atomic import atomic_write_bytes
 from wsi_ats.cohort.paths import slide_dir
-from wsi_ats.inference.adaptive import MAX_DRAWS, extend_draws, may_extend
+from wsi_ats.inference.adaptive import MAX_DRAWS, extend_draws, needs_more_draws
 from wsi_ats.inference.outputs import write_slide_outputs
 from wsi_ats.pipeline.state import clear_error
 from wsi_ats.slides import open_slide
@@ -147,7 +147,7 @@ def finish_task(
     """
     m = resolve_model(model)
     feats = features[index]
-    if may_extend(m, sample, target_halfwidth):
+    if needs_more_draws(m, sample, feats, target_halfwidth, max_draws):  # else: no reopening
         with open_slide(sample.path) as slide:
             sample, feats = extend_draws(
                 m, view, sample, feats, slide, target_halfwidth, max_draws, seed
