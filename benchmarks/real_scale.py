@@ -175,11 +175,11 @@ def ats_part(path: Path, view, cfg, model, rng: np.random.Generator, args) -> di
     }
     pixel_cfg = PipelineConfig.from_toml(PIXEL_SPEC)
     out["pixel_geometry"] = sampleable_share(view_slide(path, pixel_cfg), pixel_cfg, rng)
-    spots = spot_boxes(path, args.size_of[str(path)], args.label_of[str(path)])
-    fixed = cfg.replace(predict={"decision_max_draws": 0})
+    spots = spot_boxes(args.child_size, args.child_label)
+    side = out["geometry"]["tile_level0_px"]
+    out["uniform_on"] = spot_shares(tissue_tile_locations(view, cfg), (side, side), spots)
     runs = []
-    for n_draws in [None, *args.draws]:  # None: the spec's own rule; then fixed numbers of draws
-        model.config = cfg if n_draws is None else fixed
+    for n_draws in rule_then_fixed(model, cfg, args.draws):
         t0 = time.perf_counter()
         pred = predict_slide(path, model, n_draws=n_draws, seed=0)
         first = time.perf_counter() - t0
@@ -198,14 +198,25 @@ def ats_part(path: Path, view, cfg, model, rng: np.random.Generator, args) -> di
                 "times_s": [round(t, 2) for t in times],
                 "tiles_read": int(pred.n_tiles_read),
                 "probability": float(pred.probability),
-                **spot_shares(pred, view, cfg, spots),
+                "on": spot_shares(pred.locations, pred.tile_size_level0, spots),
             }
         )
     out["ats"] = runs
     return out
 
 
-def spot_boxes(path: Path, size: int, label: int) -> dict[str, np.ndarray]:
+def rule_then_fixed(model, cfg, draws: list[int]):
+    """Yield ``None`` (``predict_slide``'s default: the spec's rule for the number of draws), then
+    each number of ``draws``, with ``model.config`` set for it: ``cfg``, then ``cfg`` with the
+    decision rule off (exactly that many draws); ``cfg`` again at the end."""
+    fixed = cfg.replace(predict={"decision_max_draws": 0})
+    for n_draws in [None, *draws]:
+        model.config = cfg if n_draws is None else fixed
+        yield n_draws
+    model.config = cfg
+
+
+def spot_boxes(size: int, label: int) -> dict[str, np.ndarray]:
     """Level-0 boxes ``(x, y, w, h)`` of the slide's candidate spots and of its malignant ones (the
     layout ``ensure_slide`` wrote: seed 0, recomputed without pixels)."""
     from wsi_ats.synth import slide_layout
@@ -218,18 +229,15 @@ def spot_boxes(path: Path, size: int, label: int) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in boxes.items()}
 
 
-def spot_shares(pred, view, cfg, boxes: dict[str, np.ndarray]) -> dict:
-    """Share of the draws' tiles on a candidate / malignant spot, and the same for a uniform draw
-    over the tissue tiles (the attention's concentration, in the units of the tiles read)."""
+def spot_shares(
+    locations: np.ndarray, tile_size: tuple[int, int], boxes: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Share of the tiles at ``locations`` (level-0 top-left ``[..., 2]``) on each kind of spot of
+    ``boxes``: for the draws' tiles, and for every tissue tile (a uniform draw)."""
     from wsi_ats.synth.lesions import tile_hits
 
-    size = pred.tile_size_level0
-    dense = tissue_tile_locations(view, cfg)
-    out = {}
-    for kind, b in boxes.items():
-        out[f"on_{kind}"] = float(tile_hits(pred.locations.reshape(-1, 2), size, b).mean())
-        out[f"uniform_on_{kind}"] = float(tile_hits(dense, size, b).mean())
-    return out
+    loc = np.asarray(locations).reshape(-1, 2)
+    return {kind: float(tile_hits(loc, tile_size, b).mean()) for kind, b in boxes.items()}
 
 
 def tissue_tile_locations(view, cfg) -> np.ndarray:
@@ -339,9 +347,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> list[str]:
                 f"{a['times_s']}; first {a['first_s']:.2f} s), {a['tiles_read']} distinct tiles "
                 f"read ({d['tissue_tiles'] / a['tiles_read']:.0f}x fewer than dense): "
                 f"{dense_s / a['s']:.0f}x faster than dense; probability {a['probability']:.3f}; "
-                f"tiles on a candidate spot {a['on_spot']:.1%} (uniform over tissue "
-                f"{a['uniform_on_spot']:.1%}), on a malignant spot {a['on_malignant']:.1%} "
-                f"(uniform {a['uniform_on_malignant']:.1%})"
+                f"tiles on a candidate spot {a['on']['spot']:.1%} (uniform over tissue "
+                f"{r['uniform_on']['spot']:.1%}), on a malignant spot {a['on']['malignant']:.1%} "
+                f"(uniform {r['uniform_on']['malignant']:.1%})"
             )
         lines += [
             f"peak RSS, attention-sampling process (geometry checks and every run above): "
@@ -383,8 +391,6 @@ def main() -> int:
     p.add_argument("--part", choices=("ats", "dense"), default="ats", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
-        args.size_of = {str(args.child): args.child_size}
-        args.label_of = {str(args.child): args.child_label}
         print(json.dumps(run_child(args.child, args)))
         return 0
     args.load_start = os.getloadavg()[0]

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from real_scale import rule_then_fixed
 from report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,10 +108,8 @@ def main() -> int:
     )
     test = [s for s in read_cohort(manifest) if s.split == "test"]
     labels = [s.label for s in test]
-    fixed = config.replace(predict={"decision_max_draws": 0})
     aucs = []
-    for n_draws in [None, *args.draws]:  # None: the spec's rule; then fixed numbers of draws
-        model.config = config if n_draws is None else fixed
+    for n_draws in rule_then_fixed(model, config, args.draws):
         preds = [predict_slide(s.path, model, n_draws, slide_id=s.slide_id) for s in test]
         probs = [q.probability for q in preds]
         aucs.append(roc_auc_score(labels, probs))
